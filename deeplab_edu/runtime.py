@@ -1,0 +1,100 @@
+"""The runtime switches every chapter and script reads: fast mode, device, data root, seed.
+
+Nothing here runs at import time except reading environment variables lazily; seeding is
+an explicit call (:func:`seed_everything`).
+
+- Fast mode (``DEEPLAB_EDU_FAST=1`` or ``0``): shrinks image sizes, widths and iteration
+  counts so that every chapter runs on a laptop CPU in minutes. It never changes which code
+  runs. When the variable is unset, fast mode is on exactly when there is no CUDA device.
+- Device: ``cuda`` when a CUDA device is available, else ``cpu``; chosen once per process.
+- Data root (``DEEPLAB_EDU_DATA``): where VOC, the generated teaching set, weights and cached
+  runs live. Unset, it is the ``data/`` folder of the source checkout when the package is
+  imported from one (as ``make`` does), else ``./data`` in the current working directory
+  (as on Colab, where the package is pip-installed).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FAST_ENV = "DEEPLAB_EDU_FAST"
+DATA_ENV = "DEEPLAB_EDU_DATA"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def fast_mode() -> bool:
+    """Whether fast (CPU-sized) mode is on.
+
+    Returns:
+        ``DEEPLAB_EDU_FAST`` read as a boolean; when unset, ``True`` iff no CUDA device exists.
+
+    Raises:
+        ValueError: if the variable holds something other than 1/0/true/false/yes/no/on/off.
+    """
+    raw = os.environ.get(FAST_ENV)
+    if raw is None or raw.strip() == "":
+        return not torch.cuda.is_available()
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{FAST_ENV} must be 1 or 0 (or true/false), got {raw!r}")
+
+
+@functools.cache
+def device() -> torch.device:
+    """The device every chapter uses: ``cuda`` if available, else ``cpu`` (decided once)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _checkout_root() -> Path | None:
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() and (root / "_config.yml").is_file() else None
+
+
+def data_root() -> Path:
+    """The folder holding data sets, weights and cached runs (see the module docstring)."""
+    raw = os.environ.get(DATA_ENV)
+    if raw:
+        return Path(raw).expanduser().resolve()
+    checkout = _checkout_root()
+    return checkout / "data" if checkout is not None else Path.cwd() / "data"
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) for a reproducible run.
+
+    Args:
+        seed: a non-negative integer.
+
+    Returns:
+        A ``torch.Generator`` seeded with ``seed``, for code that wants its own stream.
+
+    Raises:
+        TypeError: if ``seed`` is not an int.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise TypeError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+def describe(dataset: str) -> str:
+    """One line stating version, mode, device and data set; every chapter prints it first."""
+    from deeplab_edu import __version__
+
+    mode = "fast (CPU-sized)" if fast_mode() else "full (paper-sized)"
+    return (
+        f"deeplab-edu {__version__} | torch {torch.__version__} | mode: {mode} | "
+        f"device: {device()} | data: {dataset} ({data_root()})"
+    )
