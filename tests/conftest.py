@@ -1,0 +1,49 @@
+"""Shared fixtures. Tiers: tiny seeded unit tests run everywhere; tests on the real VOC sample
+and on pydensecrf skip with a reason when those are absent, except in CI, which sets
+DEEPLAB_EDU_VOC_SAMPLE=required and DEEPLAB_EDU_REFERENCE=required so that they must run;
+GPU tests skip without CUDA."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+VOC_SAMPLE = REPO.parent / "shared" / "voc-sample"
+
+
+def _required(variable: str) -> bool:
+    return os.environ.get(variable, "").strip().lower() == "required"
+
+
+@pytest.fixture(scope="session")
+def voc_sample() -> Path:
+    """The 12 real VOC 2012 images in ../shared/voc-sample (never copied into the project)."""
+    if (VOC_SAMPLE / "JPEGImages").is_dir():
+        return VOC_SAMPLE
+    if _required("DEEPLAB_EDU_VOC_SAMPLE"):
+        pytest.fail(f"DEEPLAB_EDU_VOC_SAMPLE=required but {VOC_SAMPLE} is missing")
+    pytest.skip(f"real VOC sample not found at {VOC_SAMPLE}")
+
+
+@pytest.fixture(scope="session")
+def pydensecrf():
+    """The reference CRF module, or a skip (a failure when DEEPLAB_EDU_REFERENCE=required)."""
+    if importlib.util.find_spec("pydensecrf") is None:
+        if _required("DEEPLAB_EDU_REFERENCE"):
+            pytest.fail("DEEPLAB_EDU_REFERENCE=required but pydensecrf is not installed")
+        pytest.skip("pydensecrf (pip install pydensecrf2) is not installed")
+    import pydensecrf.densecrf
+
+    return pydensecrf.densecrf
+
+
+@pytest.fixture(scope="session")
+def cuda_device() -> torch.device:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    return torch.device("cuda")
