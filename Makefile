@@ -19,7 +19,7 @@ timed = start=$$(date +%s); $(1); echo "[time] $(2): $$(( $$(date +%s) - start )
 env: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
-	@command -v python3 >/dev/null || { echo "python3 (3.10 or newer) is needed"; exit 1; }
+	@command -v python3 >/dev/null || { echo "python3 (3.11 or newer) is needed"; exit 1; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements.lock -e ".[book,test]"
@@ -36,7 +36,10 @@ $(MATHJAX):
 	@command -v npm >/dev/null || { echo "npm is needed to fetch MathJax for offline pages"; exit 1; }
 	npm install --silent --no-audit --no-fund --prefix .cache/mathjax mathjax@3
 	mkdir -p .cache/static
-	rm -rf .cache/static/mathjax && cp -r .cache/mathjax/node_modules/mathjax/es5 .cache/static/mathjax
+	@# only the TeX-to-HTML component and what it loads on demand (fonts, extensions, menu)
+	rm -rf .cache/static/mathjax && mkdir -p .cache/static/mathjax
+	cd .cache/mathjax/node_modules/mathjax/es5 && cp -r tex-chtml.js input output ui a11y sre adaptors \
+	  $(CURDIR)/.cache/static/mathjax/
 
 book: $(STAMP) $(MATHJAX)
 	$(VENV)/bin/jupyter-book build . --keep-going

@@ -57,7 +57,9 @@ def device() -> torch.device:
 
 def _checkout_root() -> Path | None:
     root = Path(__file__).resolve().parents[1]
-    return root if (root / "pyproject.toml").is_file() and (root / "_config.yml").is_file() else None
+    return (
+        root if (root / "pyproject.toml").is_file() and (root / "_config.yml").is_file() else None
+    )
 
 
 def data_root() -> Path:
@@ -84,7 +86,7 @@ def seed_everything(seed: int) -> torch.Generator:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise TypeError(f"seed must be a non-negative int, got {seed!r}")
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (the legacy global stream readers may use)
     torch.manual_seed(seed)  # also seeds every CUDA device
     return torch.Generator().manual_seed(seed)
 

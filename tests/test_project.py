@@ -1,0 +1,73 @@
+"""The project's own promises: one dependency list, one repository URL, the chapter template."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+from packaging.requirements import Requirement
+
+REPO = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted((REPO / "book").glob("*.ipynb"))
+
+
+def pyproject_requirements() -> set[str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    groups = [project["dependencies"], *project["optional-dependencies"].values()]
+    return {str(Requirement(r)) for group in groups for r in group}
+
+
+def test_environment_yml_agrees_with_pyproject() -> None:
+    environment = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
+    declared = {str(Requirement(r)) for r in pip if not r.startswith("-e")}
+    assert declared == pyproject_requirements()
+
+
+def test_lock_pins_every_requirement_within_its_bounds() -> None:
+    pins = {}
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    for text in pyproject_requirements():
+        requirement = Requirement(text)
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not pinned in requirements.lock"
+        assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} vs {text}"
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+
+
+def test_repository_url_is_defined_once_and_colab_cells_use_it() -> None:
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    url = config["repository"]["url"]
+    assert config["launch_buttons"]["colab_url"]
+    assert CHAPTERS, "no chapter notebooks found"
+    for chapter in CHAPTERS:
+        setup = "".join(json.loads(chapter.read_text())["cells"][1]["source"])
+        found = re.findall(r"git\+(\S+?)\"", setup)
+        assert found == [url], f"{chapter.name}: Colab install cell uses {found}, config has {url}"
+
+
+def test_chapters_follow_the_template() -> None:
+    for chapter in CHAPTERS:
+        cells = json.loads(chapter.read_text())["cells"]
+        text = ["".join(cell["source"]) for cell in cells]
+        assert cells[0]["cell_type"] == "markdown" and text[0].startswith("# "), chapter.name
+        assert 'if "google.colab" in sys.modules:' in text[1], f"{chapter.name}: setup cell"
+        assert "runtime.describe(" in text[1], f"{chapter.name}: setup cell prints mode/device"
+        assert any("## Summary" in t for t in text), f"{chapter.name}: no Summary"
+        assert any("## Exercises" in t and "{dropdown}" in t for t in text), chapter.name
+        code = [c for c in cells if c["cell_type"] == "code"]
+        assert all(c.get("outputs") for c in code[:2]), f"{chapter.name}: committed without outputs"
+        assert not re.search(r"device\s*=\s*['\"]cuda", "".join(text)), f"{chapter.name}: cuda"
+
+
+def test_every_chapter_is_in_the_table_of_contents() -> None:
+    toc = (REPO / "_toc.yml").read_text()
+    listed = set(re.findall(r"^\s*- file: (\S+)", toc, flags=re.M))
+    for chapter in CHAPTERS:
+        assert f"book/{chapter.stem}" in listed, f"{chapter.name} is not in _toc.yml"
