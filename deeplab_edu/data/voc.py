@@ -1,14 +1,17 @@
-"""PASCAL VOC 2012: the 21 class names, the colour palette and palette-PNG masks.
+"""PASCAL VOC 2012: the 21 class names, the colour palette, palette-PNG masks and the data set.
 
 This is the only place in the project where class names and colours are defined.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from torch.utils.data import Dataset
 
 CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -95,3 +98,125 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """Read a photograph as an RGB uint8 tensor.
+
+    Args:
+        path: a JPEG or PNG file.
+
+    Returns:
+        A ``(3, H, W)`` uint8 tensor, channels in RGB order.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if the file is not a readable image (the message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            array = np.array(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{path}: not a readable image, corrupt or truncated ({error})") from error
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+_HOW_TO_GET_VOC = (
+    "Full mode needs PASCAL VOC 2012: call `deeplab_edu.data.download.download_voc()`, or "
+    "unpack VOCtrainval_11-May-2012.tar yourself and set DEEPLAB_EDU_VOC to its VOC2012 "
+    "folder (or DEEPLAB_EDU_DATA to a folder holding VOCdevkit/VOC2012). Fast mode uses the "
+    "generated teaching set instead (`deeplab_edu.data.toy.ensure_toy_voc()`)."
+)
+
+
+class VOCSegmentation(Dataset):
+    """A VOC-format segmentation set: PASCAL VOC 2012, the augmented ``train_aug`` list, the
+    generated teaching set, or ``../shared/voc-sample``; all share one on-disk layout.
+
+    ``voc_dir`` directly holds ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png`` and
+    ``ImageSets/Segmentation/<split>.txt``. The split ``train_aug`` reads its masks from
+    ``SegmentationClassAug/`` (written by :func:`deeplab_edu.data.sbd.build_train_aug`), whose
+    SBD masks have no void band. (torchvision's own ``VOCSegmentation`` insists on a
+    ``VOCdevkit/VOC2012`` parent and returns PIL images, so we read the folders directly.)
+
+    ``ds[i]`` returns ``(image, target)``: without a transform, a ``(3, H, W)`` uint8 RGB tensor
+    and an ``(H, W)`` int64 tensor of class indices 0..20 and 255 (void).
+    """
+
+    def __init__(
+        self,
+        voc_dir: str | Path,
+        split: str,
+        *,
+        transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+        | None = None,
+    ) -> None:
+        """
+        Args:
+            voc_dir: the folder holding ``JPEGImages``, ``SegmentationClass``, ``ImageSets``.
+            split: the name of a list in ``ImageSets/Segmentation`` (``train``, ``val``,
+                ``train_aug``, ...).
+            transform: optional ``(image, target) -> (image, target)`` callable, e.g.
+                :class:`~deeplab_edu.data.transforms.TrainTransform`.
+
+        Raises:
+            FileNotFoundError: if the folder or the split list is missing (says how to get it).
+            ValueError: if the split list is empty.
+        """
+        self.voc_dir = Path(voc_dir)
+        self.split = split
+        self.transform = transform
+        if not self.voc_dir.is_dir():
+            raise FileNotFoundError(
+                f"VOC folder not found: {self.voc_dir} (expected a folder holding JPEGImages/, "
+                f"SegmentationClass/ and ImageSets/Segmentation/). {_HOW_TO_GET_VOC}"
+            )
+        list_file = self.voc_dir / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if not list_file.is_file():
+            found = sorted(p.stem for p in list_file.parent.glob("*.txt"))
+            hint = (
+                " The train_aug list is built from SBD by "
+                "`deeplab_edu.data.sbd.build_train_aug(voc_dir, sbd_dir)`."
+                if split == "train_aug"
+                else ""
+            )
+            raise FileNotFoundError(
+                f"split list not found: {list_file} (splits present: {found or 'none'}).{hint} "
+                f"{_HOW_TO_GET_VOC}"
+            )
+        self.ids: list[str] = [line.strip() for line in list_file.read_text().splitlines()]
+        self.ids = [image_id for image_id in self.ids if image_id]
+        if not self.ids:
+            raise ValueError(f"split list {list_file} is empty: expected one image id per line")
+        self.mask_dir = self.voc_dir / (
+            "SegmentationClassAug" if split == "train_aug" else "SegmentationClass"
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, index: int) -> Path:
+        """The JPEG of item ``index``."""
+        return self.voc_dir / "JPEGImages" / f"{self.ids[index]}.jpg"
+
+    def mask_path(self, index: int) -> Path:
+        """The palette PNG of item ``index``."""
+        return self.mask_dir / f"{self.ids[index]}.png"
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = read_image(self.image_path(index))  # (3, H, W) uint8
+        target = torch.from_numpy(read_mask(self.mask_path(index)).astype(np.int64))  # (H, W)
+        if image.shape[1:] != target.shape:
+            raise ValueError(
+                f"image {self.image_path(index)} is {tuple(image.shape[1:])} (H, W) but its mask "
+                f"{self.mask_path(index)} is {tuple(target.shape)}: they must be the same size"
+            )
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"VOCSegmentation({str(self.voc_dir)!r}, {self.split!r}, {len(self)} images)"

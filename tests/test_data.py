@@ -1,0 +1,176 @@
+"""The VOC loader, the transforms and the label subsampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from deeplab_edu.data.transforms import (
+    MEAN,
+    EvalTransform,
+    TrainTransform,
+    denormalize,
+    normalize,
+    subsample_labels,
+)
+from deeplab_edu.data.voc import IGNORE_INDEX, VOCSegmentation, read_image, write_mask
+
+
+def _write_tree(root, sizes, split="train"):
+    """A tiny VOC-format tree with random images and masks of the given (H, W) sizes."""
+    rng = np.random.default_rng(0)
+    ids = []
+    for k, (h, w) in enumerate(sizes):
+        image_id = f"2000_{k:06d}"
+        ids.append(image_id)
+        (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "JPEGImages" / f"{image_id}.jpg")
+        mask = rng.integers(0, 21, (h, w))
+        mask[0] = IGNORE_INDEX
+        write_mask(root / "SegmentationClass" / f"{image_id}.png", mask)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return ids
+
+
+def test_loader_reads_a_local_tree(tmp_path):
+    ids = _write_tree(tmp_path, [(20, 30), (17, 11)])
+    ds = VOCSegmentation(tmp_path, "train")
+    assert ds.ids == ids and len(ds) == 2
+    image, target = ds[1]
+    assert image.dtype == torch.uint8 and image.shape == (3, 17, 11)
+    assert target.dtype == torch.int64 and target.shape == (17, 11)
+    assert (target[0] == IGNORE_INDEX).all() and int(target[1:].max()) <= 20
+    ds = VOCSegmentation(tmp_path, "train", transform=EvalTransform(pad_to=32))
+    image, target = ds[0]
+    assert image.dtype == torch.float32 and image.shape == (3, 32, 32) and target.shape == (32, 32)
+
+
+def test_loader_reads_the_real_voc_sample(voc_sample):
+    for split, count in (("train", 5), ("sbd", 7)):
+        ds = VOCSegmentation(voc_sample, split)
+        assert len(ds) == count
+        for image, target in ds:
+            assert image.shape[0] == 3 and image.shape[1:] == target.shape
+            labels = set(target.unique().tolist())
+            assert labels <= {*range(21), IGNORE_INDEX} and labels - {0, IGNORE_INDEX}
+    # VOC masks have the void band, SBD masks have none
+    assert all((t == IGNORE_INDEX).any() for _, t in VOCSegmentation(voc_sample, "train"))
+    assert not any((t == IGNORE_INDEX).any() for _, t in VOCSegmentation(voc_sample, "sbd"))
+
+
+def test_missing_root_and_split_say_how_to_get_the_data(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"VOC folder not found.*download_voc"):
+        VOCSegmentation(tmp_path / "nowhere", "train")
+    _write_tree(tmp_path, [(8, 8)])
+    with pytest.raises(FileNotFoundError, match=r"val\.txt.*splits present: \['train'\]"):
+        VOCSegmentation(tmp_path, "val")
+    with pytest.raises(FileNotFoundError, match="build_train_aug"):
+        VOCSegmentation(tmp_path, "train_aug")
+    (tmp_path / "ImageSets" / "Segmentation" / "empty.txt").write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        VOCSegmentation(tmp_path, "empty")
+
+
+def test_corrupt_image_and_size_mismatch_name_the_files(tmp_path):
+    ids = _write_tree(tmp_path, [(10, 12), (10, 12)])
+    jpeg = tmp_path / "JPEGImages" / f"{ids[0]}.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[:40])  # truncated
+    ds = VOCSegmentation(tmp_path, "train")
+    with pytest.raises(ValueError, match=rf"{ids[0]}\.jpg: not a readable image"):
+        ds[0]
+    write_mask(tmp_path / "SegmentationClass" / f"{ids[1]}.png", np.zeros((9, 12), np.uint8))
+    with pytest.raises(
+        ValueError, match=rf"{ids[1]}\.jpg is \(10, 12\).*{ids[1]}\.png is \(9, 12\)"
+    ):
+        ds[1]
+    with pytest.raises(FileNotFoundError, match="image file not found"):
+        read_image(tmp_path / "missing.jpg")
+
+
+def test_normalize_round_trips_and_mean_maps_to_zero():
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (2, 3, 5, 7), dtype=torch.uint8, generator=g)
+    assert torch.equal(denormalize(normalize(image)), image)
+    mean_pixel = torch.tensor([round(m * 255) for m in MEAN], dtype=torch.uint8).view(3, 1, 1)
+    assert normalize(mean_pixel).abs().max() < 0.01
+    with pytest.raises(TypeError, match="uint8"):
+        normalize(image.float())
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        normalize(image[:, :2])
+
+
+def test_train_transform_crops_pads_and_flips_consistently():
+    g = torch.Generator().manual_seed(0)
+    # small image: padded with the mean colour (0 after normalising) and void labels
+    image = torch.randint(0, 256, (3, 10, 12), dtype=torch.uint8, generator=g)
+    target = torch.randint(0, 21, (10, 12), generator=g)
+    x, y = TrainTransform(crop=16, flip=False, generator=g)(image, target)
+    assert x.shape == (3, 16, 16) and y.shape == (16, 16) and y.dtype == torch.int64
+    assert torch.equal(y[:10, :12], target) and (y[10:] == IGNORE_INDEX).all()
+    assert (x[:, 10:] == 0).all() and (x[:, :, 12:] == 0).all()
+    # large image: the crop is a window of the image, and image and labels move together
+    h, w = 40, 50
+    rows = torch.arange(h).view(h, 1).expand(h, w)
+    cols = torch.arange(w).view(1, w).expand(h, w)
+    target = rows * 100 + cols  # each label says where it came from
+    image = torch.stack([rows, cols, rows]).to(torch.uint8)
+    seen_flip = False
+    for _ in range(10):
+        x, y = TrainTransform(crop=21, generator=g)(image, target)
+        back = denormalize(x)
+        assert torch.equal(back[0].long(), y // 100) and torch.equal(back[1].long(), y % 100)
+        seen_flip |= bool(y[0, 0] % 100 > y[0, -1] % 100)
+    assert seen_flip
+    x, y = TrainTransform(crop=8, scale=(0.5, 0.5), generator=g)(image, target)
+    assert x.shape == (3, 8, 8) and set(y.flatten().tolist()) <= set(target.flatten().tolist())
+    with pytest.raises(ValueError, match="same size"):
+        TrainTransform(crop=8)(image, target[:-1])
+    with pytest.raises(TypeError, match="integer mask"):
+        TrainTransform(crop=8)(image, target.float())
+
+
+def test_eval_transform_pads_to_513_or_keeps_native_size():
+    image = torch.zeros(3, 375, 500, dtype=torch.uint8)
+    target = torch.zeros(375, 500, dtype=torch.long)
+    x, y = EvalTransform()(image, target)
+    assert x.shape == (3, 513, 513) and (y[375:] == IGNORE_INDEX).all()
+    assert (y[:, 500:] == IGNORE_INDEX).all() and (y[:375, :500] == 0).all()
+    x, y = EvalTransform(pad_to=None)(image, target)
+    assert x.shape == (3, 375, 500)
+    with pytest.raises(ValueError, match="larger than pad_to=300"):
+        EvalTransform(pad_to=300)(image, target)
+
+
+@pytest.mark.parametrize("size, cells", [(321, 41), (513, 65), (306, 39), (128, 16)])
+def test_subsampled_labels_match_the_output_size(size, cells):
+    assert subsample_labels(torch.zeros(2, size, size, dtype=torch.long)).shape == (2, cells, cells)
+
+
+def test_subsampled_labels_line_up_with_the_output_cell_centres():
+    # a known pattern: every cell-centre pixel (8i, 8j) carries the label (i + j) % 5 + 1,
+    # every other pixel is 0. Subsampling must return exactly the pattern.
+    h = w = 8 * 6 + 1
+    target = torch.zeros(1, h, w, dtype=torch.long)
+    i, j = torch.meshgrid(torch.arange(7), torch.arange(7), indexing="ij")
+    target[0, ::8, ::8] = (i + j) % 5 + 1
+    assert torch.equal(subsample_labels(target)[0], (i + j) % 5 + 1)
+    # and the network agrees: an impulse at pixel (8i, 8j) sent through three stride-2
+    # 3x3 poolings with padding 1 (the LargeFOV poolings) peaks in output cell (i, j)
+    for ci, cj in [(0, 0), (2, 5), (6, 6), (3, 1)]:
+        impulse = torch.zeros(1, 1, h, w)
+        impulse[0, 0, 8 * ci, 8 * cj] = 1.0
+        out = impulse
+        for _ in range(3):
+            out = F.avg_pool2d(out, 3, stride=2, padding=1, count_include_pad=True)
+        peak = divmod(int(out[0, 0].argmax()), out.shape[-1])
+        assert out.shape[-2:] == (7, 7) and peak == (ci, cj)
+        assert tuple(subsample_labels(impulse[0].long())[0].nonzero()[0].tolist()) == (ci, cj)
+    with pytest.raises(TypeError, match="integer label tensor"):
+        subsample_labels(target.float())
+    with pytest.raises(ValueError, match=r"\(B, H, W\) or \(H, W\)"):
+        subsample_labels(target[None])
