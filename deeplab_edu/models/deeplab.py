@@ -1,0 +1,296 @@
+"""The DeepLab network family: VGG-16 made fully convolutional with output stride 8 (section 3).
+
+The recipe, applied to VGG-16 (:data:`~deeplab_edu.models.vgg.VGG16_CFG`):
+
+1. fully connected fc6/fc7/fc8 become convolutions (7x7 for fc6, 1x1 for fc7 and fc8);
+2. pool4 and pool5 keep stride 1 instead of 2, so the output stride is 8 instead of 32;
+3. the layers after them look at their input through holes: conv5_x with rate 2, fc6 with
+   rate 4 (or more, for a larger field of view; Table 2).
+
+Pooling (a choice, see the chapter "From VGG-16 to DeepLab"): every variant uses the released
+LargeFOV configuration's 3x3 max-poolings (stride 2, padding 1 for pool1-pool3; stride 1,
+padding 1 for pool4-pool5), which keep sizes aligned (306 -> 39, 321 -> 41, 513 -> 65);
+LargeFOV adds a 3x3 stride-1 average pooling before fc6, as in its prototxt.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deeplab_edu.models.field import Layer
+from deeplab_edu.models.vgg import FC_CHANNELS, IMAGENET_CLASSES, VGG16_CFG, layer_names
+
+_MAX_S2 = Layer("max", kernel=3, stride=2, padding=1)
+_MAX_S1 = Layer("max", kernel=3, stride=1, padding=1)
+_DEEPLAB_POOLS = (_MAX_S2, _MAX_S2, _MAX_S2, _MAX_S1, _MAX_S1)
+MSC_CHANNELS = 128  # each multi-scale branch: 128 3x3 filters then 128 1x1 filters
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Everything that distinguishes one member of the family (defaults are the paper's).
+
+    Attributes:
+        name: the paper's name.
+        fc6_kernel: fc6's kernel size (7 in VGG-16, decimated to 4 or 3).
+        fc6_rate: fc6's atrous rate ("input stride" in Table 2).
+        fc6_padding: fc6's padding, rate (kernel - 1) / 2 to keep the size.
+        fc_channels: fc6 and fc7 width (4096, or 1024 for LargeFOV).
+        pools: pool1..pool5.
+        conv5_rate: the rate of conv5_1..conv5_3 (2 once pool4 no longer subsamples).
+        avg_pool: the extra pooling before fc6 (LargeFOV), or None.
+        dropout: dropout probability after fc6 and fc7.
+    """
+
+    name: str
+    fc6_kernel: int
+    fc6_rate: int
+    fc6_padding: int
+    fc_channels: int = FC_CHANNELS
+    pools: tuple[Layer, ...] = _DEEPLAB_POOLS
+    conv5_rate: int = 2
+    avg_pool: Layer | None = None
+    dropout: float = 0.5
+
+
+_VARIANTS = {
+    v.name: v
+    for v in (
+        Variant("DeepLab", fc6_kernel=4, fc6_rate=4, fc6_padding=6),
+        Variant("DeepLab-7x7", fc6_kernel=7, fc6_rate=4, fc6_padding=12),
+        Variant("DeepLab-4x4", fc6_kernel=4, fc6_rate=8, fc6_padding=12),
+        Variant(
+            "DeepLab-LargeFOV",
+            fc6_kernel=3,
+            fc6_rate=12,
+            fc6_padding=12,
+            fc_channels=1024,
+            avg_pool=Layer("avg", kernel=3, stride=1, padding=1),
+        ),
+    )
+}
+VARIANTS: tuple[str, ...] = tuple(_VARIANTS)
+
+# The original classifier as a fully convolutional network: 2x2 stride-2 poolings, no holes,
+# fc6 7x7 without padding (a 224x224 input gives 1x1 scores, equal to torchvision's logits).
+VGG16_FULLY_CONVOLUTIONAL = Variant(
+    "VGG-16",
+    fc6_kernel=7,
+    fc6_rate=1,
+    fc6_padding=0,
+    pools=(Layer("max", kernel=2, stride=2),) * 5,
+    conv5_rate=1,
+)
+
+
+def variant(name: str) -> Variant:
+    """The :class:`Variant` called ``name`` (one of :data:`VARIANTS`).
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    if name not in _VARIANTS:
+        raise ValueError(f"unknown DeepLab variant {name!r}; expected one of {VARIANTS}")
+    return _VARIANTS[name]
+
+
+def scaled(channels: int, width: float) -> int:
+    """A channel count scaled by ``width`` (at least 1)."""
+    return max(1, round(channels * width))
+
+
+class MultiScaleHead(nn.Module):
+    """DeepLab-MSc (section 3.4): a 3x3 then 1x1 two-layer MLP on the input and on pool1..pool4.
+
+    Each branch's 3x3 convolution has the stride that brings its input to the network's output
+    stride, so that the five 128-channel outputs line up with fc7's output and are concatenated
+    to it (5 x 128 = 640 extra channels for fc8).
+    """
+
+    def __init__(self, in_channels: list[int], strides: list[int], width: float, dropout: float):
+        super().__init__()
+        hidden = scaled(MSC_CHANNELS, width)
+        self.out_channels = hidden * len(in_channels)
+        self.branches = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(c_in, hidden, 3, stride=stride, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Dropout(dropout),
+                nn.Conv2d(hidden, hidden, 1),
+                nn.ReLU(inplace=True),
+                nn.Dropout(dropout),
+            )
+            for c_in, stride in zip(in_channels, strides, strict=True)
+        )
+
+    def forward(self, taps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        outputs = []
+        for branch, tap in zip(self.branches, taps, strict=True):
+            out = branch(tap)  # (B, 128, h, w)
+            if out.shape[-2:] != size:  # only for sizes that do not align exactly
+                out = F.interpolate(out, size=size, mode="bilinear", align_corners=True)
+            outputs.append(out)
+        return torch.cat(outputs, dim=1)  # (B, 5 * 128, h, w)
+
+
+class DeepLab(nn.Module):
+    """A DeepLab network (or the fully convolutional VGG-16 it starts from).
+
+    Attributes:
+        variant: the variant's name, e.g. "DeepLab-LargeFOV".
+        config: its :class:`Variant`.
+        width: the channel multiplier (1.0 = the paper's network).
+        features: conv1_1 .. pool5 (and LargeFOV's extra average pooling "pool5a").
+        fc6, fc7: the convolutionalised fully connected layers, initialised from VGG-16.
+        fc8: the new classifier (trained with 10x the learning rate).
+        msc: the new multi-scale branches (:class:`MultiScaleHead`) or None.
+    """
+
+    def __init__(self, config: Variant, *, num_classes: int, width: float, msc: bool):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not 0 < width <= 1:
+            raise ValueError(f"width must be in (0, 1], got {width}")
+        self.variant, self.config, self.width = config.name, config, width
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        channels, pools, tap_channels, tap_strides, stride = 3, iter(config.pools), [3], [1], 1
+        for name, entry in zip(layer_names(), VGG16_CFG, strict=True):
+            if entry == "M":
+                pool = next(pools)
+                layers[name] = nn.MaxPool2d(pool.kernel, pool.stride, pool.padding)
+                stride *= pool.stride
+                tap_channels.append(channels)
+                tap_strides.append(stride)
+                continue
+            rate = config.conv5_rate if name.startswith("conv5") else 1
+            out = scaled(int(entry), width)
+            layers[name] = nn.Conv2d(channels, out, 3, padding=rate, dilation=rate)
+            layers[name.replace("conv", "relu")] = nn.ReLU(inplace=True)
+            channels = out
+        if config.avg_pool is not None:
+            pool = config.avg_pool
+            layers["pool5a"] = nn.AvgPool2d(pool.kernel, pool.stride, pool.padding)
+        self.features = nn.Sequential(layers)
+        fc = scaled(config.fc_channels, width)
+        k, rate = config.fc6_kernel, config.fc6_rate
+        self.fc6 = nn.Conv2d(channels, fc, k, padding=config.fc6_padding, dilation=rate)
+        self.drop6 = nn.Dropout(config.dropout)
+        self.fc7 = nn.Conv2d(fc, fc, 1)
+        self.drop7 = nn.Dropout(config.dropout)
+        self.msc = (
+            MultiScaleHead(
+                tap_channels[:5], [stride // s for s in tap_strides[:5]], width, config.dropout
+            )
+            if msc
+            else None
+        )
+        self.fc8 = nn.Conv2d(fc + (self.msc.out_channels if self.msc else 0), num_classes, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as if no VGG-16 weights were loaded: convolutions as torchvision's VGG
+        (He normal, fan-out), fc8 Gaussian with std 0.01 (paper), biases 0."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.fc8.weight, std=0.01)
+
+    def layers(self) -> list[Layer]:
+        """The network as a list of :class:`~deeplab_edu.models.field.Layer` (for the
+        receptive-field calculator): every convolution and pooling up to fc8."""
+        out = []
+        for name, module in [*self.features.named_children(), ("fc6", self.fc6)]:
+            if isinstance(module, nn.Conv2d):
+                out.append(
+                    Layer(
+                        "conv",
+                        kernel=module.kernel_size[0],
+                        stride=module.stride[0],
+                        dilation=module.dilation[0],
+                        padding=module.padding[0],
+                        name=name,
+                    )
+                )
+            elif isinstance(module, nn.MaxPool2d | nn.AvgPool2d):
+                kind = "max" if isinstance(module, nn.MaxPool2d) else "avg"
+                out.append(Layer(kind, module.kernel_size, module.stride, 1, module.padding, name))
+        return [*out, Layer("conv", 1, name="fc7"), Layer("conv", 1, name="fc8")]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Scores at the output stride (8 for DeepLab, 32 for VGG-16).
+
+        Args:
+            x: normalised images, (B, 3, H, W).
+
+        Returns:
+            Class scores (B, num_classes, h, w), h = ceil(H / 8) for aligned sizes.
+
+        Raises:
+            ValueError: if ``x`` is not a float (B, 3, H, W) tensor.
+        """
+        if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            raise ValueError(
+                f"DeepLab expects normalised float images (B, 3, H, W), got "
+                f"{x.dtype} of shape {tuple(x.shape)}"
+            )
+        taps = [x]
+        for name, module in self.features.named_children():
+            x = module(x)
+            if name in ("pool1", "pool2", "pool3", "pool4"):
+                taps.append(x)
+        x = self.drop6(F.relu(self.fc6(x)))  # (B, 4096, h, w)
+        x = self.drop7(F.relu(self.fc7(x)))  # (B, 4096, h, w)
+        if self.msc is not None:
+            x = torch.cat([x, self.msc(taps, x.shape[-2:])], dim=1)  # (B, 4096 + 640, h, w)
+        return self.fc8(x)  # (B, C, h, w)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Scores bilinearly upsampled to the input size (the paper's inference, before the CRF).
+
+        Output cell i is centred on input pixel ``stride * i`` (3x3 poolings with padding 1),
+        so the interpolation maps the first and last cells to the first and last pixels.
+
+        Returns:
+            (B, num_classes, H, W) scores.
+        """
+        scores = self.forward(x)  # (B, C, h, w)
+        return F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=True)
+
+
+def deeplab(name: str, *, num_classes: int = 21, width: float = 1.0, msc: bool = False) -> DeepLab:
+    """Build a DeepLab variant (randomly initialised; see :func:`load_vgg16`).
+
+    Args:
+        name: one of :data:`VARIANTS`: "DeepLab", "DeepLab-7x7", "DeepLab-4x4",
+            "DeepLab-LargeFOV".
+        num_classes: classifier outputs (21 for PASCAL VOC).
+        width: multiplies every channel count (fast mode); the topology is unchanged.
+        msc: add the multi-scale head (DeepLab-MSc).
+
+    Returns:
+        The network, in training mode, on the default device.
+
+    Raises:
+        ValueError: for an unknown name, or a width outside (0, 1].
+    """
+    return DeepLab(variant(name), num_classes=num_classes, width=width, msc=msc)
+
+
+def vgg16_fully_convolutional(
+    *, width: float = 1.0, num_classes: int = IMAGENET_CLASSES
+) -> DeepLab:
+    """VGG-16 with its fully connected layers written as convolutions (stride 32, no holes).
+
+    Loaded with :func:`load_vgg16`, it gives torchvision's ``vgg16`` logits on a 224x224 input
+    as a 1x1 score map, and a coarse score map on larger inputs.
+    """
+    return DeepLab(
+        replace(VGG16_FULLY_CONVOLUTIONAL), num_classes=num_classes, width=width, msc=False
+    )

@@ -1,0 +1,211 @@
+"""The DeepLab family: Table 2's parameter counts, output sizes and stride, the conversion from
+torchvision's VGG-16 (exact where it can be), decimation, the multi-scale head, weight files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deeplab_edu.models import (
+    VARIANTS,
+    deeplab,
+    load_vgg16,
+    output_size,
+    output_stride,
+    receptive_field,
+    vgg16_fully_convolutional,
+    vgg16_imagenet_state_dict,
+)
+from deeplab_edu.models.vgg import (
+    channel_indices,
+    decimation_taps,
+    sha256_of,
+    torchvision_keys,
+    verify_checksum,
+)
+
+TABLE2_PARAMS = {  # millions, as printed in Table 2 (with the 21-class classifier)
+    "DeepLab-7x7": 134.3,
+    "DeepLab": 65.1,
+    "DeepLab-4x4": 65.1,
+    "DeepLab-LargeFOV": 20.5,
+}
+SMALL = 1 / 16  # width for forward passes on a shared CPU
+
+
+@pytest.fixture(scope="module")
+def vgg_state() -> dict[str, torch.Tensor]:
+    """A state dict of torchvision's vgg16(weights=None), seeded (no download)."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    return torchvision.models.vgg16(weights=None).state_dict()
+
+
+def _meta(name: str, **kwargs) -> torch.nn.Module:
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        return deeplab(name, **kwargs)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_parameter_counts_match_table_2(name):
+    params = sum(p.numel() for p in _meta(name).parameters())
+    assert round(params / 1e6, 1) == TABLE2_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_output_stride_is_8_and_aligned_sizes(name):
+    model = _meta(name)
+    assert output_stride(model.layers()) == 8
+    assert output_size(model.layers(), 306) == 39
+    assert output_size(model.layers(), 321) == 41
+    assert output_size(model.layers(), 513) == 65
+
+
+@pytest.mark.parametrize(("name", "size", "expected"), [
+    ("DeepLab", 306, 39), ("DeepLab-LargeFOV", 321, 41), ("DeepLab-LargeFOV", 513, 65),
+])  # fmt: skip
+def test_forward_output_sizes(name, size, expected):
+    torch.manual_seed(0)
+    model = deeplab(name, width=SMALL).eval()
+    with torch.no_grad():
+        scores = model(torch.randn(1, 3, size, size))
+    assert scores.shape == (1, 21, expected, expected)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("msc", [False, True])
+def test_forward_backward_small(name, msc):
+    torch.manual_seed(0)
+    model = deeplab(name, width=SMALL, msc=msc, num_classes=5)
+    x = torch.randn(2, 3, 57, 49)
+    scores = model(x)
+    assert scores.shape == (2, 5, 8, 7)  # ceil(57 / 8), ceil(49 / 8)
+    assert model.predict(x).shape == (2, 5, 57, 49)
+    scores.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert (model.msc is not None) == msc
+
+
+def test_new_layers_are_named_fc8_and_msc(vgg_state):
+    model = deeplab("DeepLab-LargeFOV", width=SMALL, msc=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    load_vgg16(model, vgg_state)
+    for key, value in model.state_dict().items():
+        new = key.startswith(("fc8.", "msc."))
+        if key.endswith(".weight"):  # (torchvision's VGG biases start at 0 like ours)
+            assert torch.equal(value, before[key]) == new, key
+    assert model.fc8.out_channels == 21 and model.msc.out_channels == 5 * 8
+    assert model.fc8.weight.std().item() == pytest.approx(0.01, rel=0.1)
+
+
+def test_width_scales_every_channel_but_the_classes():
+    model = _meta("DeepLab-LargeFOV", width=0.25)
+    assert model.features.conv1_1.out_channels == 16
+    assert model.features.conv5_3.out_channels == 128
+    assert model.fc6.out_channels == model.fc7.out_channels == 256
+    assert model.fc8.out_channels == 21
+    assert len(model.layers()) == len(_meta("DeepLab-LargeFOV").layers())
+
+
+def test_fully_convolutional_vgg16_reproduces_torchvision_logits(vgg_state):
+    torchvision = pytest.importorskip("torchvision")
+    reference = torchvision.models.vgg16(weights=None).eval()
+    reference.load_state_dict(vgg_state)
+    with torch.device("meta"):
+        model = vgg16_fully_convolutional()
+    model = load_vgg16(model.to_empty(device="cpu"), vgg_state).eval()
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        expected, scores = reference(x), model(x)
+    assert scores.shape == (1, 1000, 1, 1)
+    torch.testing.assert_close(scores.flatten(1), expected, rtol=1e-4, atol=1e-5)
+    assert receptive_field(model.layers()) == 404  # the paper's "404x404" (section 3.1)
+
+
+def test_decimation_taps():
+    assert decimation_taps(7) == list(range(7))
+    assert decimation_taps(4) == [0, 2, 4, 6]
+    assert decimation_taps(3) == [0, 3, 6]
+    with pytest.raises(ValueError, match="cannot decimate"):
+        decimation_taps(5)
+    assert channel_indices(4096, 1024).tolist() == list(range(0, 4096, 4))
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_decimated_fc6_is_the_original_on_the_kept_taps(name, vgg_state):
+    model = load_vgg16(deeplab(name, width=SMALL), vgg_state)
+    fc6 = vgg_state[torchvision_keys()["fc6"] + ".weight"].reshape(4096, 512, 7, 7)
+    keep6 = channel_indices(4096, model.fc6.out_channels)
+    keep5 = channel_indices(512, model.features.conv5_3.out_channels)
+    taps = decimation_taps(model.fc6.kernel_size[0])
+    expected = fc6[keep6][:, keep5][:, :, taps][:, :, :, taps]
+    assert torch.equal(model.fc6.weight, expected)
+    # a (k - 1)-spaced decimated kernel at rate 4 (7 - 1) / (k - 1) samples exactly the kept
+    # taps of the 7x7 kernel at rate 4 (DeepLab-4x4, LargeFOV; DeepLab-7x7 trivially)
+    if name != "DeepLab":
+        masked = torch.zeros_like(expected.new_zeros(expected.shape[:2] + (7, 7)))
+        grid = torch.tensor(taps)
+        masked[:, :, grid[:, None], grid[None, :]] = expected
+        x = torch.randn(1, expected.shape[1], 30, 30)
+        full = F.conv2d(x, masked, padding=12, dilation=4)
+        rate = model.fc6.dilation[0]
+        assert rate == 4 * 6 // (len(taps) - 1)
+        ours = F.conv2d(x, model.fc6.weight, padding=model.fc6.padding, dilation=rate)
+        torch.testing.assert_close(ours, full)
+
+
+def test_largefov_decimates_fc7_channels_on_both_sides(vgg_state):
+    model = load_vgg16(deeplab("DeepLab-LargeFOV"), vgg_state)
+    fc7 = vgg_state["classifier.3.weight"]
+    assert torch.equal(model.fc7.weight[:, :, 0, 0], fc7[::4, ::4])
+    assert torch.equal(model.fc6.bias, vgg_state["classifier.0.bias"][::4])
+    assert torch.equal(model.features.conv3_2.weight, vgg_state["features.12.weight"])
+
+
+def test_conversion_rejects_feature_only_weights_and_foreign_dicts(vgg_state):
+    broken = dict(vgg_state)
+    broken["classifier.0.weight"] = torch.full((2, 2), float("nan"))
+    with pytest.raises(ValueError, match="IMAGENET1K_V1"):
+        load_vgg16(_meta("DeepLab"), broken)
+    with pytest.raises(KeyError, match="missing"):
+        load_vgg16(_meta("DeepLab"), {"fc.weight": torch.zeros(1)})
+
+
+def test_bad_names_and_inputs():
+    with pytest.raises(ValueError, match="DeepLab-LargeFOV"):
+        deeplab("DeepLab-9x9")
+    with pytest.raises(ValueError, match="width"):
+        deeplab("DeepLab", width=0)
+    model = deeplab("DeepLab", width=SMALL)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(torch.zeros(3, 17, 17))
+    with pytest.raises(ValueError, match="float"):
+        model(torch.zeros(1, 3, 17, 17, dtype=torch.uint8))
+
+
+def test_predict_is_aligned_with_the_score_grid():
+    torch.manual_seed(0)
+    model = deeplab("DeepLab-LargeFOV", width=SMALL).eval()
+    x = torch.randn(1, 3, 41, 41)  # 8 k + 1: cell i is centred on pixel 8 i
+    with torch.no_grad():
+        scores, upsampled = model(x), model.predict(x)
+    torch.testing.assert_close(upsampled[:, :, ::8, ::8], scores)
+
+
+def test_weight_file_checksum_is_verified(tmp_path):
+    state = {"features.0.weight": torch.arange(6.0)}
+    path = tmp_path / "vgg16-test.pth"
+    torch.save(state, path)
+    digest = sha256_of(path)
+    verify_checksum(path, digest[:8])
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        verify_checksum(path, "00000000" if not digest.startswith("0") else "ffffffff")
+    url = "https://example.invalid/weights/vgg16-test.pth"
+    loaded = vgg16_imagenet_state_dict(url=url, sha256_prefix=digest[:8], folder=tmp_path,
+                                       download=False)  # fmt: skip
+    assert torch.equal(loaded["features.0.weight"], state["features.0.weight"])
+    with pytest.raises(FileNotFoundError, match="download"):
+        vgg16_imagenet_state_dict(url=url.replace("test", "none"), folder=tmp_path,
+                                  download=False)  # fmt: skip
