@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q -c requirements.lock -e ".[book,test]"
 	@# pydensecrf is the reference we compare against, not a requirement: its C++ build can
 	@# fail on a reader's Python. CI requires it (DEEPLAB_EDU_REFERENCE=required).
-	$(PY) -m pip install -q -c requirements.lock ".[reference]" || { \
+	$(PY) -m pip install -q -c requirements.lock -e ".[reference]" || { \
 	  if [ "$${DEEPLAB_EDU_REFERENCE:-}" = required ]; then echo "pydensecrf2 failed to install"; exit 1; fi; \
 	  echo "WARNING: pydensecrf2 did not install; comparisons with it will say they were skipped"; }
 	$(PY) -m pip check
