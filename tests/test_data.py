@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -174,3 +176,63 @@ def test_subsampled_labels_line_up_with_the_output_cell_centres():
         subsample_labels(target.float())
     with pytest.raises(ValueError, match=r"\(B, H, W\) or \(H, W\)"):
         subsample_labels(target[None])
+
+
+def test_sbd_mat_reader_matches_scipys_writer():
+    # tests/data/sbd_cls_*.mat were written by scipy.io.savemat (an independent writer), as an
+    # SBD-like GTcls struct: Segmentation[i, j] = (7 i + 3 j) % 21 (13 x 17, uint8),
+    # Boundaries a 20 x 1 cell of sparse logical matrices, CategoriesPresent a column
+    from pathlib import Path
+
+    from deeplab_edu.data.sbd import read_mat, read_sbd_mask
+
+    i, j = np.mgrid[0:13, 0:17]
+    for name in ("sbd_cls_compressed.mat", "sbd_cls_plain.mat"):
+        path = Path(__file__).parent / "data" / name
+        mask = read_sbd_mask(path)
+        assert mask.dtype == np.uint8 and np.array_equal(mask, (7 * i + 3 * j) % 21)
+        gt = read_mat(path)["GTcls"]
+        assert len(gt["Boundaries"]) == 20 and gt["Boundaries"][0]["shape"] == (13, 17)
+        assert gt["CategoriesPresent"].ravel().tolist() == list(range(1, 21))
+
+
+def test_sbd_bad_files(tmp_path):
+    from deeplab_edu.data.sbd import read_mat, read_sbd_mask
+
+    (tmp_path / "x.mat").write_bytes(b"MATLAB 7.3 MAT-file, HDF5" + b"\0" * 200)
+    with pytest.raises(ValueError, match=r"x\.mat: not a MATLAB v5"):
+        read_mat(tmp_path / "x.mat")
+    with pytest.raises(FileNotFoundError, match="MAT file not found"):
+        read_mat(tmp_path / "missing.mat")
+    good = (Path(__file__).parent / "data" / "sbd_cls_plain.mat").read_bytes()
+    (tmp_path / "cut.mat").write_bytes(good[:300])
+    with pytest.raises(ValueError, match=r"cut\.mat: "):
+        read_sbd_mask(tmp_path / "cut.mat")
+
+
+def test_train_aug_list_arithmetic_and_build(tmp_path):
+    from deeplab_edu.data.sbd import build_train_aug, train_aug_ids
+
+    # SBD train + SBD val + VOC train - VOC val
+    ids = train_aug_ids(["a", "b", "c"], ["d", "v1"], ["b", "e"], ["v1", "v2"])
+    assert ids == ["a", "b", "c", "d", "e"]
+    voc = tmp_path / "VOC2012"
+    ids_voc = _write_tree(voc, [(13, 17)] * 3)  # ids 2000_000000..2 with VOC masks
+    lists = voc / "ImageSets" / "Segmentation"
+    (lists / "val.txt").write_text(ids_voc[2] + "\n")
+    (lists / "train.txt").write_text("\n".join(ids_voc[:2]) + "\n")
+    sbd = tmp_path / "dataset"
+    (sbd / "cls").mkdir(parents=True)
+    extra = "2000_000009"  # only in SBD: its image exists in VOC's JPEGImages, no VOC mask
+    Image.fromarray(np.zeros((13, 17, 3), np.uint8)).save(voc / "JPEGImages" / f"{extra}.jpg")
+    mat = (Path(__file__).parent / "data" / "sbd_cls_compressed.mat").read_bytes()
+    (sbd / "cls" / f"{extra}.mat").write_bytes(mat)
+    (sbd / "train.txt").write_text(f"{extra}\n{ids_voc[2]}\n")  # the VOC val id must drop out
+    (sbd / "val.txt").write_text(f"{ids_voc[0]}\n")
+    build_train_aug(voc, sbd)
+    ds = VOCSegmentation(voc, "train_aug")
+    assert ds.ids == sorted([ids_voc[0], ids_voc[1], extra])
+    i, j = np.mgrid[0:13, 0:17]
+    assert np.array_equal(ds[ds.ids.index(extra)][1].numpy(), (7 * i + 3 * j) % 21)
+    # VOC's own annotation (with its void row) wins over SBD's for ids that have one
+    assert (ds[0][1][0] == IGNORE_INDEX).all()
