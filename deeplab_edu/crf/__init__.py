@@ -1,0 +1,26 @@
+"""The fully connected CRF of DeepLab (paper section 5): kernels, exact filtering, the
+permutohedral lattice, mean-field inference and the pydensecrf reference."""
+
+from deeplab_edu.crf.kernels import (
+    CRFParams,
+    appearance_features,
+    gaussian_kernel,
+    smoothness_features,
+)
+from deeplab_edu.crf.meanfield import (
+    METHODS,
+    NORMALIZATIONS,
+    MeanFieldResult,
+    dense_crf,
+    mean_field,
+)
+from deeplab_edu.crf.naive import NAIVE_MAX_PIXELS, NaiveFilter
+from deeplab_edu.crf.permutohedral import PermutohedralLattice
+from deeplab_edu.crf.reference import reference_available, reference_dense_crf
+from deeplab_edu.crf.simulate import simulate_unaries
+
+__all__ = [
+    "CRFParams", "METHODS", "NAIVE_MAX_PIXELS", "NORMALIZATIONS", "MeanFieldResult", "NaiveFilter",
+    "PermutohedralLattice", "appearance_features", "dense_crf", "gaussian_kernel", "mean_field",
+    "reference_available", "reference_dense_crf", "simulate_unaries", "smoothness_features",
+]  # fmt: skip

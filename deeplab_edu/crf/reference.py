@@ -1,0 +1,67 @@
+"""Adapter to pydensecrf (``pip install pydensecrf2``), Kraehenbuehl's C++ implementation.
+
+Optional: the package and the book work without it; comparisons then say they were skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+
+from deeplab_edu.crf.kernels import CRFParams
+
+
+def reference_available() -> bool:
+    """Whether pydensecrf can be imported."""
+    return importlib.util.find_spec("pydensecrf") is not None
+
+
+def reference_dense_crf(
+    image: np.ndarray,
+    probs: np.ndarray,
+    params: CRFParams,
+    *,
+    iterations: int = 10,
+    normalization: str = "symmetric",
+) -> np.ndarray:
+    """Run pydensecrf with the same parameters as :func:`deeplab_edu.crf.dense_crf`.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        probs: ``(C, H, W)`` probabilities.
+        params: the kernel weights and bandwidths.
+        iterations: mean-field iterations.
+        normalization: ``"symmetric"`` or ``"after"``.
+
+    Returns:
+        ``(C, H, W)`` float32 Q.
+
+    Raises:
+        ImportError: if pydensecrf is not installed.
+        ValueError: for ``normalization="none"``: pydensecrf's ``NO_NORMALIZATION`` rescales
+            the kernel by its mean, which is not the unnormalised kernel of our ``"none"``.
+    """
+    if not reference_available():
+        raise ImportError("method='pydensecrf' needs pydensecrf: pip install pydensecrf2")
+    import pydensecrf.densecrf as dcrf
+
+    kinds = {"symmetric": dcrf.NORMALIZE_SYMMETRIC, "after": dcrf.NORMALIZE_AFTER}
+    if normalization not in kinds:
+        raise ValueError(
+            f"pydensecrf comparison supports normalization in {tuple(kinds)}, got "
+            f"{normalization!r} (its NO_NORMALIZATION divides by the mean kernel sum)"
+        )
+    c, h, w = probs.shape
+    crf = dcrf.DenseCRF2D(w, h, c)  # note the (width, height) order
+    # unary: $-\log P$ with P clipped to [1e-5, 1] (pydensecrf.utils.unary_from_softmax)
+    unary = -np.log(np.clip(probs, 1e-5, 1.0)).reshape(c, -1).astype(np.float32)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary))
+    crf.addPairwiseGaussian(sxy=params.theta_gamma, compat=params.w2, kernel=dcrf.DIAG_KERNEL,
+                            normalization=kinds[normalization])  # fmt: skip
+    crf.addPairwiseBilateral(sxy=params.theta_alpha, srgb=params.theta_beta,
+                             rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+                             compat=params.w1, kernel=dcrf.DIAG_KERNEL,
+                             normalization=kinds[normalization])  # fmt: skip
+    q = np.asarray(crf.inference(iterations), dtype=np.float32)  # (C, H*W)
+    return q.reshape(c, h, w)

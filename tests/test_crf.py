@@ -1,0 +1,247 @@
+"""The fully connected CRF: exact vs lattice filtering, mean field, and the pydensecrf reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deeplab_edu.crf import (
+    NAIVE_MAX_PIXELS,
+    NaiveFilter,
+    PermutohedralLattice,
+    dense_crf,
+    mean_field,
+    simulate_unaries,
+)
+from deeplab_edu.crf.meanfield import iterate
+from deeplab_edu.data.voc import read_mask
+
+
+def two_region_scene(height: int = 40, width: int = 48, seed: int = 0):
+    """A disc of one colour on a background of another, with pixel noise; its mask."""
+    g = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    mask = ((y - height / 2) ** 2 + (x - width / 2.5) ** 2 < (height / 3) ** 2).long()  # (H, W)
+    colours = torch.tensor([[40.0, 90.0, 160.0], [200.0, 60.0, 40.0]])
+    image = colours[mask] + 12.0 * torch.randn(height, width, 3, generator=g)
+    return image.clamp(0, 255).to(torch.uint8), mask
+
+
+# -- filtering --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("d", "max_bound", "mean_bound"),
+    # measured on seeds 0..4 (3000 points in [0, 5]^d, values in [0, 1]): worst max error
+    # 0.0049 (d=2) and 0.067 (d=5), mean error 0.0007 and 0.0041. The lattice replaces the
+    # Gaussian by a piecewise-linear kernel of nearly the same width, so errors grow with d
+    # (coarser lattice relative to the kernel); the bounds allow ~1.5-2x the measured values.
+    [(2, 0.01, 0.0015), (5, 0.1, 0.008)],
+)
+def test_lattice_matches_exact_filtering(d, max_bound, mean_bound):
+    g = torch.Generator().manual_seed(11)
+    features = torch.rand(3000, d, generator=g) * 5.0
+    values = torch.rand(3000, 4, generator=g)
+    lattice, exact = PermutohedralLattice(features), NaiveFilter(features)
+    ones = torch.ones(3000, 1)
+    approx = lattice(values) / lattice(ones)  # normalised filter outputs
+    truth = exact(values) / exact(ones)
+    error = (approx - truth).abs()
+    assert error.max() < max_bound and error.mean() < mean_bound, (error.max(), error.mean())
+    # the barycentric weights are a partition of unity, and the vertices are shared
+    assert torch.allclose(lattice.weights.sum(1), torch.ones(3000), atol=1e-5)
+    assert (lattice.weights >= -1e-6).all()
+    assert lattice.num_vertices < 3000 * (d + 1)
+
+
+def test_lattice_gain_predicts_the_unnormalised_mass():
+    # dense points far from the boundary: the lattice's total mass / the Gaussian's is gain()
+    y, x = torch.meshgrid(torch.arange(60.0), torch.arange(60.0), indexing="ij")
+    features = torch.stack([x.reshape(-1), y.reshape(-1)], 1) / 3.0  # a 60x60 grid, sigma 3
+    lattice, exact = PermutohedralLattice(features), NaiveFilter(features)
+    ones = torch.ones(3600, 1)
+    ratio = (lattice(ones) / exact(ones)).reshape(60, 60)[20:40, 20:40]  # interior pixels
+    assert abs(ratio.mean().item() / lattice.gain() - 1) < 0.03
+
+
+def test_naive_refuses_large_images_clearly():
+    with pytest.raises(ValueError, match="permutohedral"):
+        NaiveFilter(torch.zeros(NAIVE_MAX_PIXELS + 1, 2))
+
+
+def test_naive_chunked_equals_cached():
+    features = torch.rand(500, 5, generator=torch.Generator().manual_seed(0)) * 3
+    values = torch.rand(500, 3)
+    cached = NaiveFilter(features)
+    chunked = NaiveFilter(features, chunk_size=64)
+    chunked.kernel = None  # force the chunked path
+    assert torch.allclose(cached(values), chunked(values), atol=1e-5)
+
+
+# -- mean field -------------------------------------------------------------------------------
+
+
+def test_naive_and_lattice_mean_field_agree():
+    image, mask = two_region_scene(40, 48)
+    probs = simulate_unaries(mask.numpy(), num_classes=3, stride=4, noise=0.2, seed=1)
+    for normalization in ("symmetric", "after", "none"):
+        exact = dense_crf(image, probs, method="naive", normalization=normalization)
+        approx = dense_crf(image, probs, normalization=normalization)
+        agreement = (exact.argmax(0) == approx.argmax(0)).float().mean().item()
+        # measured (3 seeds, 3 normalisations): agreement >= 0.997, mean |dQ| <= 0.0017, at most
+        # 0.21% of pixels with |dQ| > 0.1. The lattice kernel differs from the Gaussian by a few
+        # per cent (see the filtering test); that only flips pixels whose labels were nearly
+        # tied, where Q can then differ by up to 1: so bound the mean and the count, not the max.
+        difference = (exact - approx).abs()
+        assert agreement >= 0.99, (normalization, agreement)
+        assert difference.mean() < 0.005, normalization
+        assert (difference > 0.1).float().mean() < 0.01, normalization
+
+
+@pytest.mark.parametrize("method", ["naive", "permutohedral"])
+def test_objective_does_not_increase_and_q_is_a_distribution(method):
+    image, mask = two_region_scene(32, 36, seed=2)
+    probs = simulate_unaries(mask.numpy(), num_classes=4, stride=4, noise=0.3, seed=3)
+    result = mean_field(image, probs, method=method, iterations=8, track=True)
+    energy = np.array(result.objective)
+    assert len(result.history) == 9 and len(energy) == 9
+    # exact filtering: guaranteed (concave pairwise term, CCCP); the lattice: nearly symmetric
+    tolerance = 1e-3 * abs(energy[0]) if method == "permutohedral" else 1e-4 * abs(energy[0])
+    assert (np.diff(energy) <= tolerance).all(), np.diff(energy)
+    assert energy[-1] < energy[0]
+    for q in result.history:
+        assert torch.allclose(q.sum(0), torch.ones(32, 36), atol=1e-5)
+        assert (q >= 0).all()
+    assert torch.equal(result.q, result.history[-1])
+
+
+def test_crf_recovers_a_two_colour_image_from_noisy_unaries():
+    image, mask = two_region_scene(48, 56, seed=4)
+    g = torch.Generator().manual_seed(5)
+    # 30% of pixels get the wrong label, independently: salt-and-pepper unaries
+    noisy = torch.where(torch.rand(mask.shape, generator=g) < 0.3, 1 - mask, mask)
+    probs = torch.nn.functional.one_hot(noisy, 2).permute(2, 0, 1).float() * 0.4 + 0.3
+    before = (probs.argmax(0) == mask).float().mean().item()
+    q = dense_crf(image, probs, w1=10, theta_alpha=20, theta_beta=20)
+    after = (q.argmax(0) == mask).float().mean().item()
+    assert before < 0.75 and after > 0.99, (before, after)
+
+
+def test_exclude_self_changes_little_but_something():
+    image, mask = two_region_scene(24, 24)
+    probs = simulate_unaries(mask.numpy(), num_classes=2, stride=4, seed=0)
+    kept = dense_crf(image, probs, method="naive")
+    left_out = dense_crf(image, probs, method="naive", exclude_self=True)
+    difference = (kept - left_out).abs().max().item()
+    assert 1e-4 < difference < 0.2
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 21])
+def test_batched_and_label_counts(num_classes):
+    image, mask = two_region_scene(20, 24)
+    probs = simulate_unaries(mask.clamp(max=num_classes - 1).numpy(), num_classes, stride=4)
+    batch = dense_crf(torch.stack([image, image.flip(1)]), torch.stack([probs, probs.flip(2)]))
+    assert batch.shape == (2, num_classes, 20, 24)
+    assert torch.allclose(batch[0], dense_crf(image.numpy(), probs), atol=1e-6)
+    assert torch.allclose(batch[0].sum(0), torch.ones(20, 24), atol=1e-5)
+
+
+def test_the_loop_never_moves_data_to_the_cpu():
+    # on the meta device any .item(), bool() or .cpu() of data raises: the loop must not need any
+    unary = torch.empty(100, 5, device="meta")
+
+    def kernel(q):
+        return 2 * q
+
+    q, history, energies = iterate(unary, [kernel, kernel], [4.0, 3.0], 3, track=True)
+    assert q.device.type == "meta" and len(history) == 4 and len(energies) == 4
+
+
+@pytest.mark.gpu
+def test_same_code_on_cuda(cuda_device):
+    image, mask = two_region_scene(40, 48)
+    probs = simulate_unaries(mask.numpy(), num_classes=3, stride=4)
+    on_cpu = dense_crf(image, probs)
+    on_gpu = dense_crf(image.to(cuda_device), probs.to(cuda_device))
+    assert on_gpu.device.type == "cuda"
+    assert torch.allclose(on_gpu.cpu(), on_cpu, atol=1e-4)
+    exact = dense_crf(image.to(cuda_device), probs.to(cuda_device), method="naive")
+    assert (exact.argmax(0) == on_gpu.argmax(0)).float().mean() > 0.99
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+def test_bad_inputs_say_what_was_expected():
+    image, mask = two_region_scene(20, 24)
+    probs = simulate_unaries(mask.numpy(), num_classes=2, stride=4)
+    with pytest.raises(ValueError, match="negative"):
+        dense_crf(image, probs - 0.6)
+    with pytest.raises(ValueError, match="NaN"):
+        dense_crf(image, torch.full_like(probs, float("nan")))
+    with pytest.raises(ValueError, match="sum to 1"):
+        dense_crf(image, probs * 2)
+    with pytest.raises(ValueError, match="swapped"):
+        dense_crf(image.transpose(0, 1), probs)
+    with pytest.raises(ValueError, match="same height and width"):
+        dense_crf(image[:10], probs)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        dense_crf(image.permute(2, 0, 1), probs)
+    with pytest.raises(TypeError, match="uint8"):
+        dense_crf(image.float(), probs)
+    with pytest.raises(TypeError, match="uint8"):
+        dense_crf(image.numpy().astype(np.float64), probs)
+    with pytest.raises(ValueError, match="zero labels"):
+        dense_crf(image, probs[:0])
+    with pytest.raises(ValueError, match="zero-size"):
+        dense_crf(image[:0], probs[:, :0])
+    with pytest.raises(ValueError, match="method"):
+        dense_crf(image, probs, method="fast")
+    with pytest.raises(ValueError, match="normalization"):
+        dense_crf(image, probs, normalization="before")
+    with pytest.raises(ValueError, match="theta_beta"):
+        dense_crf(image, probs, theta_beta=0)
+    with pytest.raises(ValueError, match="160x160"):
+        big = torch.zeros(200, 200, 3, dtype=torch.uint8)
+        dense_crf(big, torch.ones(1, 200, 200), method="naive")
+
+
+def test_simulate_unaries_is_a_documented_deterministic_distribution():
+    mask = np.zeros((50, 60), dtype=np.uint8)
+    mask[10:40, 20:50] = 7
+    mask[9, :] = 255  # void
+    probs = simulate_unaries(mask, seed=3)
+    assert probs.shape == (21, 50, 60) and probs.dtype == torch.float32
+    assert torch.allclose(probs.sum(0), torch.ones(50, 60), atol=1e-5)
+    assert torch.equal(probs, simulate_unaries(mask, seed=3))
+    accuracy = (probs.argmax(0).numpy() == mask)[mask != 255].mean()
+    assert 0.7 < accuracy < 1.0  # coarse and noisy, but mostly right
+    with pytest.raises(ValueError, match="labels"):
+        simulate_unaries(np.full((8, 8), 30))
+
+
+# -- the reference ------------------------------------------------------------------------------
+
+# two photos with VOC's void band (train) and two SBD ones; 10 iterations, paper parameters
+REFERENCE_IDS = ("2007_000032", "2008_002176", "2008_007586", "2008_008246")
+
+
+@pytest.mark.parametrize("image_id", REFERENCE_IDS)
+@pytest.mark.parametrize("normalization", ["symmetric"])
+def test_agrees_with_pydensecrf_on_real_photos(voc_sample, pydensecrf, image_id, normalization):
+    image = np.array(Image.open(voc_sample / "JPEGImages" / f"{image_id}.jpg").convert("RGB"))
+    mask = read_mask(voc_sample / "SegmentationClass" / f"{image_id}.png")
+    probs = simulate_unaries(mask, seed=0)
+    ours = dense_crf(image, probs, normalization=normalization)
+    reference = dense_crf(image, probs, normalization=normalization, method="pydensecrf")
+    agreement = (ours.argmax(0) == reference.argmax(0)).double().mean().item()
+    # measured: 100% of pixels, max |dQ| < 5e-5 (same lattice conventions; float round-off)
+    assert agreement >= 0.995, agreement
+    assert (ours - reference).abs().max() < 1e-2
+    # and the CRF helps: it recovers outlines blurred by the stride-8 simulation
+    valid = mask != 255
+    before = (probs.argmax(0).numpy() == mask)[valid].mean()
+    after = (ours.argmax(0).numpy() == mask)[valid].mean()
+    assert after > before
