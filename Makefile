@@ -47,7 +47,7 @@ book: $(STAMP) $(MATHJAX)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check deeplab_edu tests benchmarks book
-	$(VENV)/bin/ruff format --check deeplab_edu tests benchmarks
+	$(VENV)/bin/ruff format --check deeplab_edu tests benchmarks book/_ext
 
 unit: $(STAMP)
 	$(PYTEST) tests --durations=15

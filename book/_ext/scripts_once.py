@@ -25,7 +25,6 @@ def _drop_duplicate_scripts(app, pagename, templatename, context: dict, doctree)
 
 
 def setup(app) -> dict[str, Any]:
-    app.connect(
-        "html-page-context", _drop_duplicate_scripts, priority=100
-    )  # before any handler that returns a template
+    # early (100 < 500): html-page-context stops at the first handler that returns a template
+    app.connect("html-page-context", _drop_duplicate_scripts, priority=100)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
