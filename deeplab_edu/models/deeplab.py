@@ -223,6 +223,14 @@ class DeepLab(nn.Module):
                 out.append(Layer(kind, module.kernel_size, module.stride, 1, module.padding, name))
         return [*out, Layer("conv", 1, name="fc7"), Layer("conv", 1, name="fc8")]
 
+    def as_sequential(self) -> nn.Sequential:
+        """The network as one ``nn.Sequential`` for inference (no dropout, no MSc head), sharing
+        this model's weights; used by :func:`~deeplab_edu.models.stitch.make_atrous`."""
+        if self.msc is not None:
+            raise ValueError("as_sequential: the multi-scale head is not a sequential network")
+        head = [self.fc6, nn.ReLU(), self.fc7, nn.ReLU(), self.fc8]
+        return nn.Sequential(*self.features, *head)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Scores at the output stride (8 for DeepLab, 32 for VGG-16).
 

@@ -1,0 +1,42 @@
+"""What a network costs: multiply-adds of a forward pass, counted without computing anything.
+
+The count runs the network on PyTorch's "meta" device (shapes only) and adds, for every
+convolution, ``outputs x C_in / groups x k_h x k_w`` multiply-adds. Poolings, ReLUs and the bias
+additions are ignored (they are a few per cent at most).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def multiply_adds(model: nn.Module, height: int, width: int, *, batch: int = 1) -> int:
+    """Multiply-adds of ``model``'s convolutions for a (batch, 3, height, width) input.
+
+    Args:
+        model: any network of convolutions (its parameters are not touched).
+        height, width: the input size.
+        batch: images per pass.
+
+    Returns:
+        The number of multiply-adds (a FLOP count is twice this).
+    """
+    meta = copy.deepcopy(model).to("meta")
+    total = 0
+
+    def count(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        k_h, k_w = module.kernel_size
+        total += output.numel() * (module.in_channels // module.groups) * k_h * k_w
+
+    hooks = [m.register_forward_hook(count) for m in meta.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            meta.eval()(torch.empty(batch, 3, height, width, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
