@@ -14,41 +14,21 @@ count / 4, ~1/16 of the multiply-adds): the ratios, not the absolute speeds, are
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from deeplab_edu import runtime
 from deeplab_edu.models import VARIANTS, deeplab, vgg16_fully_convolutional
-from deeplab_edu.models.cost import multiply_adds
+from deeplab_edu.models.cost import best_time, multiply_adds
 from deeplab_edu.models.stitch import make_atrous, shift_and_stitch
 
 SIZES = {name: (306, 321) for name in VARIANTS} | {"DeepLab-LargeFOV": (306, 321, 513)}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def seconds(fn, device: torch.device, repeats: int) -> float:
-    """Best-of-``repeats`` wall time of ``fn()`` after one warm-up call."""
-    with torch.no_grad():
-        fn()
-        _sync(device)
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            best = min(best, time.perf_counter() - start)
-    return best
-
-
 def matmul_gflops(device: torch.device, repeats: int, n: int = 1024) -> float:
     """This machine's float32 matrix-multiply speed, GFLOP/s (2 n^3 FLOPs per product)."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    return 2 * n**3 / seconds(lambda: a @ b, device, max(repeats, 5)) / 1e9
+    return 2 * n**3 / best_time(lambda: a @ b, device, max(repeats, 5)) / 1e9
 
 
 def main() -> None:
@@ -71,7 +51,7 @@ def main() -> None:
     best = dict.fromkeys(cases, float("inf"))
     for _ in range(args.repeats):  # interleaved rounds: a busy moment slows one round, not one case
         for name, size in cases:
-            elapsed = seconds(lambda m=models[name], x=inputs[size]: m(x), device, 1)
+            elapsed = best_time(lambda m=models[name], x=inputs[size]: m(x), device, 1)
             best[name, size] = min(best[name, size], elapsed)
     peak = max(peak, matmul_gflops(device, args.repeats))  # the machine's best moment
     print(f"reference: best matrix multiply before/after = {peak:.1f} GFLOP/s (shared CPU)\n")
@@ -92,8 +72,8 @@ def main() -> None:
     vgg = vgg16_fully_convolutional(width=args.width).to(device).eval().as_sequential()
     atrous = make_atrous(vgg, 8)
     x = torch.randn(1, 3, 321, 321, device=device)
-    stitch_time = seconds(lambda: shift_and_stitch(vgg, x, stride=32, factor=4), device, 1)
-    atrous_time = seconds(lambda: atrous(x), device, args.repeats)
+    stitch_time = best_time(lambda: shift_and_stitch(vgg, x, stride=32, factor=4), device, 1)
+    atrous_time = best_time(lambda: atrous(x), device, args.repeats)
     print(
         f"stride-8 VGG-16 scores at 321: shift-and-stitch {stitch_time:.2f} s, atrous "
         f"{atrous_time:.2f} s -> atrous is {stitch_time / atrous_time:.2f}x faster"

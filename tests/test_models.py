@@ -209,3 +209,19 @@ def test_weight_file_checksum_is_verified(tmp_path):
     with pytest.raises(FileNotFoundError, match="download"):
         vgg16_imagenet_state_dict(url=url.replace("test", "none"), folder=tmp_path,
                                   download=False)  # fmt: skip
+
+
+def test_weight_download_path_verifies_before_keeping(tmp_path):
+    # a file:// URL exercises the download code without the network
+    source = tmp_path / "source" / "vgg16-local.pth"
+    source.parent.mkdir()
+    torch.save({"classifier.6.bias": torch.ones(3)}, source)
+    prefix = sha256_of(source)[:8]
+    folder = tmp_path / "weights"
+    loaded = vgg16_imagenet_state_dict(url=source.as_uri(), sha256_prefix=prefix, folder=folder)
+    assert torch.equal(loaded["classifier.6.bias"], torch.ones(3))
+    assert (folder / source.name).is_file()
+    wrong = "0" * 8 if not prefix.startswith("0") else "f" * 8
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        vgg16_imagenet_state_dict(url=source.as_uri(), sha256_prefix=wrong, folder=tmp_path / "w2")
+    assert not any((tmp_path / "w2").iterdir())  # nothing half-verified is left behind

@@ -8,6 +8,8 @@ additions are ignored (they are a few per cent at most).
 from __future__ import annotations
 
 import copy
+import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -40,3 +42,23 @@ def multiply_adds(model: nn.Module, height: int, width: int, *, batch: int = 1) 
         for hook in hooks:
             hook.remove()
     return total
+
+
+def best_time(fn: Callable[[], object], device: torch.device, repeats: int = 3) -> float:
+    """Best-of-``repeats`` wall time of ``fn()`` in seconds, after one warm-up call, without
+    autograd; CUDA work is synchronised so that the time includes it."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    with torch.no_grad():
+        fn()
+        sync()
+        best = float("inf")
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            fn()
+            sync()
+            best = min(best, time.perf_counter() - start)
+    return best

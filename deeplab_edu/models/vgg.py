@@ -217,6 +217,7 @@ def vgg16_imagenet_state_dict(
 
     Raises:
         FileNotFoundError: if the file is absent and ``download`` is False.
+        ConnectionError: if the download fails (says where to put a copy fetched by hand).
         ValueError: if the checksum does not match.
     """
     folder = Path(folder) if folder is not None else runtime.data_root() / "weights"
@@ -229,8 +230,15 @@ def vgg16_imagenet_state_dict(
             )
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, suffix=".part", delete=False) as part:
-            with urllib.request.urlopen(url) as response:  # noqa: S310 (fixed https URL)
-                shutil.copyfileobj(response, part)
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    shutil.copyfileobj(response, part)
+            except OSError as error:  # URLError, timeouts
+                Path(part.name).unlink(missing_ok=True)
+                raise ConnectionError(
+                    f"could not download {url} ({error}); fetch it yourself and save it as "
+                    f"{path} (SHA-256 starting with {sha256_prefix})"
+                ) from error
         try:
             verify_checksum(part.name, sha256_prefix)
         except ValueError:
