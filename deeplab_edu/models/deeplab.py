@@ -105,7 +105,7 @@ def scaled(channels: int, width: float) -> int:
 
 
 class MultiScaleHead(nn.Module):
-    """DeepLab-MSc (section 3.4): a 3x3 then 1x1 two-layer MLP on the input and on pool1..pool4.
+    """DeepLab-MSc (paper section 4.3): a 3x3 then 1x1 MLP on the input and on pool1..pool4.
 
     Each branch's 3x3 convolution has the stride that brings its input to the network's output
     stride, so that the five 128-channel outputs line up with fc7's output and are concatenated

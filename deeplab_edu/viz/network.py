@@ -1,0 +1,145 @@
+"""Figures for the network chapters: atrous taps, receptive fields, shift-and-stitch, fc6."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from deeplab_edu.models.field import FieldStep
+from deeplab_edu.models.vgg import decimation_taps
+
+
+def plot_atrous_1d(kernel: int = 3, rates: Sequence[int] = (1, 2), length: int = 13) -> plt.Figure:
+    """The hole algorithm in 1-D (after the paper's Fig. 1): which inputs each output reads.
+
+    Each panel shows an input row and an output row (stride 1, "same" padding); the lines join
+    three outputs to the ``kernel`` inputs their filter reads, ``rate`` samples apart.
+    """
+    fig, axes = plt.subplots(len(rates), 1, figsize=(8, 1.9 * len(rates)), squeeze=False)
+    positions = np.arange(length)
+    for ax, rate in zip(axes[:, 0], rates, strict=True):
+        half = rate * (kernel - 1) // 2
+        ax.scatter(positions, np.zeros(length), s=60, c="0.75", zorder=3)
+        ax.scatter(positions, np.ones(length), s=60, c="0.75", zorder=3)
+        outputs = (length // 2 - 3, length // 2, length // 2 + 3)
+        for output, colour in zip(outputs, ("tab:red", "tab:green", "tab:blue"), strict=True):
+            taps = output - half + rate * np.arange(kernel)
+            inside = (taps >= 0) & (taps < length)
+            for tap in taps[inside]:
+                ax.plot([output, tap], [1, 0], color=colour, lw=1.5)
+            ax.scatter(taps[inside], np.zeros(inside.sum()), s=60, c=colour, zorder=4)
+            ax.scatter([output], [1], s=80, c=colour, zorder=4)
+        ax.set_yticks([0, 1], ["input", "output"])
+        ax.set_xticks(positions)
+        ax.set_ylim(-0.4, 1.4)
+        ax.set_title(f"kernel {kernel}, rate (input stride) {rate}", fontsize=10)
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_kernel_taps(kernel: int = 3, rates: Sequence[int] = (1, 2, 4, 12)) -> plt.Figure:
+    """Where a ``kernel`` x ``kernel`` filter samples its input at several rates (same scale)."""
+    extent = max(rates) * (kernel - 1) // 2 + 1
+    fig, axes = plt.subplots(1, len(rates), figsize=(2.6 * len(rates), 2.8))
+    for ax, rate in zip(np.atleast_1d(axes), rates, strict=True):
+        offsets = rate * (np.arange(kernel) - (kernel - 1) / 2)
+        ys, xs = np.meshgrid(offsets, offsets, indexing="ij")
+        span = offsets[-1] - offsets[0]
+        ax.add_patch(plt.Rectangle((offsets[0],) * 2, span, span, fill=False, ls="--", color="0.5"))
+        ax.scatter(xs, ys, s=30, c="tab:red", zorder=3)
+        ax.set_xlim(-extent, extent)
+        ax.set_ylim(-extent, extent)
+        ax.set_aspect("equal")
+        ax.set_title(f"rate {rate}: field {rate * (kernel - 1) + 1}", fontsize=10)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_field_growth(stacks: Mapping[str, Sequence[FieldStep]]) -> plt.Figure:
+    """Receptive field after every layer, one line per network, layers aligned by name (the
+    x axis lists the layers of the longest network)."""
+    longest = max(stacks.values(), key=len)
+    names = [step.name for step in longest]
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for label, steps in stacks.items():
+        xs = [names.index(step.name) for step in steps]
+        ax.plot(xs, [step.receptive_field for step in steps], marker="o", ms=3, label=label)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_ylabel("receptive field (pixels)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_stitch_pattern(factor: int = 4, cells: int = 3) -> plt.Figure:
+    """Shift and stitch: which of the ``factor``^2 shifted passes fills each dense output."""
+    size = factor * cells
+    rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    shift = (rows % factor) * factor + cols % factor  # pass (a, b) -> a factor + b
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.imshow(shift, cmap="tab20", vmin=0, vmax=19)
+    for r in range(size):
+        for c in range(size):
+            ax.text(c, r, f"{r % factor},{c % factor}", ha="center", va="center", fontsize=6)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"dense output: shift (a, b) of each cell, {factor * factor} passes", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_timings(seconds: Mapping[str, float], title: str = "") -> plt.Figure:
+    """A horizontal bar chart of wall times in seconds."""
+    fig, ax = plt.subplots(figsize=(6, 0.6 + 0.5 * len(seconds)))
+    labels = list(seconds)
+    ax.barh(labels, [seconds[k] for k in labels], color="tab:blue")
+    for i, label in enumerate(labels):
+        ax.text(seconds[label], i, f" {seconds[label]:.3f} s", va="center", fontsize=8)
+    ax.set_xlabel("seconds (this machine, this run)")
+    ax.set_xlim(0, 1.25 * max(seconds.values()))
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_fc6_decimation(kernels: Sequence[int] = (4, 3), size: int = 7) -> plt.Figure:
+    """The taps of VGG-16's 7x7 fc6 kept when it is decimated to each of ``kernels``."""
+    fig, axes = plt.subplots(1, len(kernels), figsize=(3.2 * len(kernels), 3.2))
+    for ax, kernel in zip(np.atleast_1d(axes), kernels, strict=True):
+        kept = np.zeros((size, size))
+        taps = decimation_taps(kernel, size)
+        kept[np.ix_(taps, taps)] = 1
+        ax.imshow(kept, cmap="Greys", vmin=-0.3, vmax=1.3)
+        for r in range(size):
+            for c in range(size):
+                ax.text(c, r, f"{r},{c}", ha="center", va="center", fontsize=6,
+                        color="white" if kept[r, c] else "black")  # fmt: skip
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"7x7 -> {kernel}x{kernel}: taps {taps}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_fields(fields: Mapping[str, int], image_size: int = 321) -> plt.Figure:
+    """Squares of each network's receptive field, centred on an ``image_size`` crop."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    half = max(max(fields.values()), image_size) / 2 + 10
+    ax.add_patch(plt.Rectangle((-image_size / 2, -image_size / 2), image_size, image_size,
+                               color="0.9", label=f"{image_size}x{image_size} crop"))  # fmt: skip
+    for (label, field), colour in zip(fields.items(), plt.cm.tab10.colors, strict=False):
+        ax.add_patch(plt.Rectangle((-field / 2, -field / 2), field, field, fill=False, lw=2,
+                                   color=colour, label=f"{label}: {field}"))  # fmt: skip
+    ax.set_xlim(-half, half)
+    ax.set_ylim(-half, half)
+    ax.set_aspect("equal")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title("receptive field of one output (pixels)", fontsize=10)
+    fig.tight_layout()
+    return fig
