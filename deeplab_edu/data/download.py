@@ -22,7 +22,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from deeplab_edu import runtime
 

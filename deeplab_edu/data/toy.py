@@ -34,7 +34,7 @@ from deeplab_edu import runtime
 from deeplab_edu.data.voc import CLASSES, IGNORE_INDEX, write_mask
 
 VOID_BAND = 5  # pixels; VOC's annotators drew a band about 5 pixels wide along outlines
-FORMAT_VERSION = 1  # bump when the generator changes, so that cached sets are regenerated
+FORMAT_VERSION = 2  # bump when the generator changes, so that cached sets are regenerated
 
 
 @dataclass(frozen=True)
@@ -65,14 +65,14 @@ class ToyClass:
 
 TOY_CLASSES: tuple[ToyClass, ...] = (
     # a cross: fuselage and wings
-    ToyClass("aeroplane", ((0, 0, 1, 0.2, 2), (0.15, 0, 0.25, 0.9, 2)), "stripes", 5, 0.58, 180),
+    ToyClass("aeroplane", ((0, 0, 1, 0.3, 2), (0.15, 0, 0.3, 0.95, 2)), "stripes", 5, 0.58, 180),
     # a rounded box
     ToyClass("bus", ((0, 0, 1, 0.55, 6),), "bands", 9, 0.12, 15),
     # a body and a head
     ToyClass("cat", ((0.1, 0.15, 0.8, 0.5, 2), (-0.75, -0.35, 0.36, 0.36, 2)),
              "spots", 7, 0.05, 25),
     # an upright body and a head
-    ToyClass("person", ((0, 0.3, 0.33, 0.75, 3), (0, -0.72, 0.24, 0.24, 2)),
+    ToyClass("person", ((0, 0.3, 0.42, 0.8, 3), (0, -0.75, 0.3, 0.3, 2)),
              "speckle", 3, 0.95, 10),
 )  # fmt: skip
 
@@ -116,14 +116,20 @@ def _texture(kind: str, u: np.ndarray, v: np.ndarray, period: float, rng: np.ran
 
 
 def _void_band(label: np.ndarray, width: int = VOID_BAND) -> np.ndarray:
-    """Pixels within a ``width``-wide band centred on the outlines between different labels."""
+    """Pixels within a ``width``-wide band centred on the outlines between different labels:
+    the pixels next to a label change, dilated by a disk of radius ``width // 2``."""
     edge = np.zeros(label.shape, dtype=bool)
     edge[:, :-1] |= label[:, :-1] != label[:, 1:]
     edge[:-1, :] |= label[:-1, :] != label[1:, :]
-    pooled = F.max_pool2d(
-        torch.from_numpy(edge.astype(np.float32))[None, None], width, stride=1, padding=width // 2
+    radius = width // 2
+    offsets = np.arange(-radius, radius + 1)
+    disk = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius**2 + 1).astype(np.float32)
+    hits = F.conv2d(
+        torch.from_numpy(edge.astype(np.float32))[None, None],
+        torch.from_numpy(disk)[None, None],
+        padding=radius,
     )
-    return pooled[0, 0].numpy() > 0
+    return hits[0, 0].numpy() > 0
 
 
 def render_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +155,7 @@ def render_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
     label = np.zeros((size, size), dtype=np.uint8)
     for _ in range(int(rng.integers(1, 4)) + int(rng.uniform() < 0.5)):  # 1 to 4 objects
         cls = TOY_CLASSES[int(rng.integers(len(TOY_CLASSES)))]
-        scale = rng.uniform(0.16, 0.3) * size  # pixels per object unit
+        scale = rng.uniform(0.2, 0.34) * size  # pixels per object unit
         cx, cy = rng.uniform(0.15, 0.85, 2) * size
         turn = np.deg2rad(rng.uniform(-cls.max_turn, cls.max_turn))
         mirror = -1.0 if rng.uniform() < 0.5 else 1.0
