@@ -1,0 +1,235 @@
+"""The command line: ``python -m deeplab_edu <command>`` (or ``deeplab-edu <command>``).
+
+Commands: ``download``, ``make-toy-data``, ``train``, ``evaluate``, ``crf-search``. Every option
+defaults to the paper's value (full mode) or to the fast-mode value (``--fast``, the default on
+a machine without CUDA); ``--help`` on each command shows both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from deeplab_edu import runtime
+from deeplab_edu.models import VARIANTS
+
+
+class UsageError(Exception):
+    """A mistake of the user's, reported as one line without a traceback."""
+
+
+def _mode_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--fast", dest="fast", action="store_true", default=None,
+                       help="CPU-sized defaults (the default without a CUDA device)")  # fmt: skip
+    group.add_argument("--full", dest="fast", action="store_false",
+                       help="the paper's defaults (the default with a CUDA device)")  # fmt: skip
+
+
+def _fast(args: argparse.Namespace) -> bool:
+    return runtime.fast_mode() if args.fast is None else args.fast
+
+
+def _both(name: str, full, fast) -> str:
+    return f"{name} (paper: {getattr(full, name)}; --fast: {getattr(fast, name)})"
+
+
+def _add_train(sub) -> None:
+    from deeplab_edu.train import TrainConfig
+
+    full, fast = TrainConfig(), TrainConfig.fast()
+    p = sub.add_parser("train", help="train a DeepLab network (paper section 4)",
+                       description="Train with the paper's recipe. Several GPUs: "
+                       "torchrun --nproc_per_node=N -m deeplab_edu train ...")  # fmt: skip
+    _mode_flags(p)
+    p.add_argument("--variant", choices=VARIANTS, help=_both("variant", full, fast))
+    p.add_argument("--width", type=float, help=_both("width", full, fast))
+    p.add_argument("--msc", action="store_true", default=None, help="add the multi-scale head")
+    p.add_argument("--init", help=_both("init", full, fast) + " or a checkpoint file")
+    p.add_argument("--dataset", help=_both("dataset", full, fast) + " or a VOC-format folder")
+    p.add_argument("--split", help=_both("split", full, fast))
+    for name, kind in (("iterations", int), ("batch_size", int), ("lr", float),
+                       ("lr_step", int), ("crop", int), ("seed", int),
+                       ("checkpoint_every", int), ("num_workers", int)):  # fmt: skip
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=_both(name, full, fast))
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, logs)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _eval_options(p, full, fast) -> None:
+    _mode_flags(p)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint.pt from train")
+    p.add_argument("--variant", choices=VARIANTS, help="the variant you expect (checked)")
+    p.add_argument("--split", default="val", help="split of the run's data set (default: val)")
+    p.add_argument("--pad-to", type=int, help=_both("pad_to", full, fast) + "; 0 = native size")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_evaluate(sub) -> None:
+    from deeplab_edu.crf.kernels import CRFParams
+    from deeplab_edu.evaluate import EvalConfig
+
+    full, fast = EvalConfig(), EvalConfig.fast()
+    p = sub.add_parser("evaluate", help="score a checkpoint without and with the CRF")
+    _eval_options(p, full, fast)
+    p.add_argument("--max-images", type=int, help="score only the first N images")
+    p.add_argument("--no-crf", action="store_true", help="skip the CRF")
+    for name, value in dataclasses.asdict(CRFParams()).items():
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=value,
+                       help=f"CRF {name} (default: {value})")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="the results JSON to write")
+
+
+def _add_search(sub) -> None:
+    from deeplab_edu.crf_search import SearchConfig
+
+    full, fast = SearchConfig(), SearchConfig.fast()
+    p = sub.add_parser("crf-search", help="cross-validate w1, theta_alpha, theta_beta")
+    _eval_options(p, full, fast)
+    p.add_argument("--num-images", type=int, help=_both("num_images", full, fast))
+    for name in ("w1", "theta_alpha", "theta_beta"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, nargs="+",
+                       help="coarse grid: " + _both(name, full, fast))  # fmt: skip
+    p.add_argument("--refine-rounds", type=int, help=_both("refine_rounds", full, fast))
+    p.add_argument("--out", type=Path, required=True,
+                   help="JSON of the trials; an existing one is resumed")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="python -m deeplab_edu",
+        description="DeepLab v1 reproduced: data, training, evaluation, CRF search.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    p = sub.add_parser("download", help="fetch VOC 2012 + SBD, or the VGG-16 weights",
+                       description="voc: VOC 2012 and SBD, checksummed, and the train_aug list "
+                       "built from them; vgg16: torchvision's IMAGENET1K_V1 weights.")  # fmt: skip
+    p.add_argument("what", choices=("voc", "vgg16", "all"), help="what to download")
+    p.add_argument("--root", type=Path, help="where to put it (default: the data root)")
+    p = sub.add_parser("make-toy-data", help="generate the VOC-format teaching set")
+    p.add_argument("--out", type=Path, help="root folder (default: the data root's toy-voc)")
+    p.add_argument("--n-train", type=int, default=None, help="training images")
+    p.add_argument("--n-val", type=int, default=None, help="validation images")
+    p.add_argument("--size", type=int, default=None, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_search(sub)
+    return parser
+
+
+def _train(args) -> None:
+    from deeplab_edu.train import TrainConfig, train
+
+    base = TrainConfig.fast() if _fast(args) else TrainConfig()
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    changes = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    config = dataclasses.replace(base, **changes)
+    try:
+        config.validate()
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    print(f"trained {config.variant}: {args.out / 'checkpoint.pt'}")
+
+
+def _load(args):
+    from deeplab_edu.data.voc import VOCSegmentation
+    from deeplab_edu.runs import load_trained
+    from deeplab_edu.train import voc_dir
+
+    model, config = load_trained(args.checkpoint, variant=args.variant)
+    return model, VOCSegmentation(voc_dir(config.dataset), args.split)
+
+
+def _pad(args, default):
+    return default if args.pad_to is None else (args.pad_to or None)
+
+
+def _evaluate(args) -> None:
+    from deeplab_edu.crf.kernels import CRFParams
+    from deeplab_edu.evaluate import EvalConfig, evaluate, write_results
+
+    base = EvalConfig.fast() if _fast(args) else EvalConfig()
+    crf = None if args.no_crf else CRFParams(
+        **{name: getattr(args, name) for name in dataclasses.asdict(CRFParams())}
+    )  # fmt: skip
+    config = dataclasses.replace(base, crf=crf, pad_to=_pad(args, base.pad_to),
+                                 max_images=args.max_images)  # fmt: skip
+    model, dataset = _load(args)
+    result = evaluate(model, dataset, config, progress=not args.no_progress)
+    result.summary["checkpoint"] = str(args.checkpoint)
+    write_results(result.summary, args.out)
+    scores = ", ".join(f"{k} {100 * v:.2f}" for k, v in result.summary["miou"].items())
+    print(f"mean IoU (%) on {result.summary['images']} images: {scores}; wrote {args.out}")
+
+
+def _search(args) -> None:
+    from deeplab_edu.crf_search import SearchConfig, search
+
+    base = SearchConfig.fast() if _fast(args) else SearchConfig()
+    changes = {name: tuple(getattr(args, name)) for name in ("w1", "theta_alpha", "theta_beta")
+               if getattr(args, name) is not None}  # fmt: skip
+    if args.num_images is not None:
+        changes["num_images"] = args.num_images
+    if args.refine_rounds is not None:
+        changes["refine_rounds"] = args.refine_rounds
+    config = dataclasses.replace(base, pad_to=_pad(args, base.pad_to), **changes)
+    config.validate()
+    model, dataset = _load(args)
+    result = search(model, dataset, config, state_path=args.out, progress=not args.no_progress)
+    print(f"best {result.best} mean IoU {100 * result.best_miou:.2f} "
+          f"(without CRF {100 * result.dcnn_miou:.2f}); trials in {args.out}")  # fmt: skip
+
+
+def _download(args) -> None:
+    if args.what in ("voc", "all"):
+        from deeplab_edu.data.download import prepare_voc
+
+        print(f"VOC 2012 with the train_aug list in {prepare_voc(args.root)}")
+    if args.what in ("vgg16", "all"):
+        from deeplab_edu.models import vgg16_imagenet_state_dict
+
+        if args.root is not None:
+            raise UsageError("--root applies to voc only; set DEEPLAB_EDU_DATA for the weights")
+        vgg16_imagenet_state_dict()
+        print(f"VGG-16 IMAGENET1K_V1 weights in {runtime.data_root() / 'weights'}")
+
+
+def _make_toy(args) -> None:
+    from deeplab_edu.data import toy
+
+    if args.out is None and (args.n_train, args.n_val, args.size) == (None, None, None):
+        print(f"teaching set in {toy.ensure_toy_voc()}")
+        return
+    if args.out is None:
+        raise UsageError("--out is needed with --n-train/--n-val/--size")
+    sizes = {k: v for k, v in (("n_train", args.n_train), ("n_val", args.n_val),
+                               ("size", args.size)) if v is not None}  # fmt: skip
+    for name, value in sizes.items():
+        if value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    print(f"teaching set in {toy.make_toy_voc(args.out, seed=args.seed, **sizes)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return the exit status (0 ok, 2 a usage or data error).
+
+    Raises:
+        SystemExit: from argparse for a malformed command line (status 2, with usage).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"train": _train, "evaluate": _evaluate, "crf-search": _search,
+                "download": _download, "make-toy-data": _make_toy}  # fmt: skip
+    try:
+        handlers[args.command](args)
+    except (UsageError, OSError, ValueError) as error:  # OSError: missing files, network
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0

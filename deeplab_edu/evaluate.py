@@ -1,0 +1,215 @@
+"""Evaluation: full-image inference, the CRF on every image, VOC scores and the trimap curves.
+
+For each image (PAPER.md sections 3-5): normalise, pad to 513 x 513 (or keep the native size),
+run the network, upsample its stride-8 scores bilinearly to the input size, crop the padding
+away, take the softmax, and score the argmax ("DCNN"). The same probabilities are then the
+unaries of the fully connected CRF (10 mean-field iterations), whose argmax is scored too
+("DCNN + CRF"). Both go into confusion matrices (mean IoU, per-class IoU, pixel accuracy) and
+into the boundary-band ("trimap") curves of the paper's Fig. 5.
+
+The CRF runs on the device of the probabilities: on a GPU with our permutohedral lattice, on
+the CPU otherwise (PyTorch already spreads each filtering step over the CPU's cores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from deeplab_edu import __version__, runtime
+from deeplab_edu.crf.kernels import CRFParams
+from deeplab_edu.data.transforms import EvalTransform
+from deeplab_edu.data.voc import CLASSES, NUM_CLASSES
+from deeplab_edu.metrics import ConfusionMatrix, trimap_curves
+
+
+@dataclass
+class EvalConfig:
+    """How to evaluate; defaults are the paper's (LargeFOV test net, Fig. 5 band widths).
+
+    ``crf=None`` skips the CRF. Fast mode keeps the native image size and narrower bands
+    (the generated images are about a quarter of a VOC image's side).
+    """
+
+    pad_to: int | None = 513
+    crf: CRFParams | None = field(default_factory=CRFParams)
+    crf_iterations: int = 10
+    trimap_widths: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 35, 40)
+    max_images: int | None = None
+
+    @classmethod
+    def fast(cls, **changes) -> EvalConfig:
+        """Native size, bands up to 20 px."""
+        values = dict(pad_to=None, trimap_widths=(1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20))
+        values.update(changes)
+        return cls(**values)
+
+    @classmethod
+    def for_mode(cls, **changes) -> EvalConfig:
+        """:meth:`fast` in fast mode, the paper's defaults otherwise."""
+        return cls.fast(**changes) if runtime.fast_mode() else cls(**changes)
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        values["trimap_widths"] = list(self.trimap_widths)
+        return values
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` returns: the JSON-ready ``summary`` and the per-image labels.
+
+    ``targets``, ``dcnn`` and ``crf`` are lists of ``(H, W)`` uint8 label maps (``crf`` empty
+    when the CRF was skipped), kept for figures such as the trimap curves and examples.
+    """
+
+    summary: dict
+    targets: list[torch.Tensor]
+    dcnn: list[torch.Tensor]
+    crf: list[torch.Tensor]
+
+
+def predict_probs(
+    model: nn.Module, image: torch.Tensor, *, pad_to: int | None, device: torch.device
+) -> torch.Tensor:
+    """Class probabilities for one image at its full resolution.
+
+    Args:
+        model: a DeepLab network with ``predict`` (bilinear upsampling of stride-8 scores).
+        image: ``(3, H, W)`` uint8 RGB.
+        pad_to: pad to this square size before the network (paper: 513), or ``None``.
+        device: where to run.
+
+    Returns:
+        ``(C, H, W)`` float probabilities (softmax over classes) on ``device``.
+    """
+    height, width = image.shape[-2:]
+    dummy = torch.zeros(image.shape[-2:], dtype=torch.int64)
+    x, _ = EvalTransform(pad_to)(image, dummy)  # (3, H', W') normalised, padded bottom/right
+    with torch.no_grad():
+        scores = model.predict(x[None].to(device))  # (1, C, H', W')
+    return torch.softmax(scores[0, :, :height, :width], dim=0)  # (C, H, W)
+
+
+def evaluate(
+    model: nn.Module,
+    dataset,
+    config: EvalConfig | None = None,
+    *,
+    progress: bool = True,
+) -> Evaluation:
+    """Score ``model`` on ``dataset`` without and (unless ``config.crf`` is None) with the CRF.
+
+    Args:
+        model: a trained DeepLab network (put in eval mode here).
+        dataset: yields ``(uint8 image (3, H, W), int64 target (H, W))`` (no transform).
+        config: see :class:`EvalConfig`; default :meth:`EvalConfig.for_mode`.
+        progress: show a progress bar.
+
+    Returns:
+        An :class:`Evaluation`; its ``summary`` holds mean IoU, pixel accuracy and per-class
+        IoU for "dcnn" and "crf", the trimap curves, timings per image, the evaluation config
+        and the environment.
+
+    Raises:
+        ValueError: for an empty data set.
+    """
+    config = config or EvalConfig.for_mode()
+    count = len(dataset) if config.max_images is None else min(config.max_images, len(dataset))
+    if count == 0:
+        raise ValueError("the evaluation data set is empty")
+    device = next(model.parameters()).device
+    model.eval()
+    matrices = {"dcnn": ConfusionMatrix(NUM_CLASSES), "crf": ConfusionMatrix(NUM_CLASSES)}
+    labels: dict[str, list[torch.Tensor]] = {"target": [], "dcnn": [], "crf": []}
+    seconds = {"network": 0.0, "crf": 0.0}
+    for index in tqdm(range(count), desc="evaluate", disable=not progress, dynamic_ncols=True):
+        image, target = dataset[index]  # (3, H, W) uint8, (H, W) int64
+        began = _now(device)
+        probs = predict_probs(model, image, pad_to=config.pad_to, device=device)  # (C, H, W)
+        seconds["network"] += _now(device) - began
+        labels["target"].append(target.to(torch.uint8))
+        labels["dcnn"].append(probs.argmax(0).to(torch.uint8).cpu())
+        matrices["dcnn"].update(labels["dcnn"][-1], target)
+        if config.crf is not None:
+            from deeplab_edu.crf import dense_crf
+
+            began = _now(device)
+            rgb = image.permute(1, 2, 0).contiguous()  # (H, W, 3) uint8
+            q = dense_crf(rgb, probs, **dataclasses.asdict(config.crf),
+                          iterations=config.crf_iterations)  # fmt: skip
+            seconds["crf"] += _now(device) - began
+            labels["crf"].append(q.argmax(0).to(torch.uint8).cpu())
+            matrices["crf"].update(labels["crf"][-1], target)
+    methods = ["dcnn", "crf"] if config.crf is not None else ["dcnn"]
+    summary = {
+        "images": count,
+        "config": config.to_dict(),
+        "miou": {m: matrices[m].miou() for m in methods},
+        "pixel_accuracy": {m: matrices[m].pixel_accuracy() for m in methods},
+        "iou_per_class": {m: _per_class(matrices[m]) for m in methods},
+        "trimap": {m: _curves(labels[m], labels["target"], config.trimap_widths) for m in methods},
+        "seconds_per_image": {m: seconds["network" if m == "dcnn" else m] / count for m in methods},
+        "environment": environment(),
+    }
+    return Evaluation(summary, labels["target"], labels["dcnn"], labels["crf"])
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _per_class(matrix: ConfusionMatrix) -> dict[str, float | None]:
+    values = matrix.iou().tolist()  # NaN (absent class) becomes None in JSON
+    return {name: (None if v != v else v) for name, v in zip(CLASSES, values, strict=True)}
+
+
+def _curves(preds, targets, widths) -> dict[str, list]:
+    curves = trimap_curves(preds, targets, widths)
+    return {
+        "widths": list(widths),
+        "pixel_accuracy": [curves[w]["pixel_accuracy"] for w in widths],
+        "miou": [curves[w]["miou"] for w in widths],
+    }
+
+
+def environment() -> dict:
+    """Versions and hardware, stored with every result."""
+    device = runtime.device()
+    return {
+        "deeplab_edu": __version__,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
+        platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "fast_mode": runtime.fast_mode(),
+    }  # fmt: skip
+
+
+def write_results(summary: dict, path: str | Path) -> Path:
+    """Write a results JSON atomically (temporary file, then rename).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    os.replace(temporary, path)
+    return path

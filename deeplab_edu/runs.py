@@ -1,0 +1,103 @@
+"""Trained runs on disk: loading a checkpoint into a network, and the cached run the chapters
+share.
+
+A cached run lives in ``runtime.data_root() / "runs" / "<variant>-<key>"``, where ``key`` is a
+hash of the training configuration (and of the data set's split list). The first chapter that
+needs a model trains it; every later chapter, and every later build, loads it. An interrupted
+training resumes where its last checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+
+from torch import nn
+
+from deeplab_edu import runtime
+from deeplab_edu.checkpoint import load_checkpoint
+from deeplab_edu.train import TrainConfig, train, voc_dir
+
+
+def load_trained(
+    path: str | Path, *, variant: str | None = None, device=None
+) -> tuple[nn.Module, TrainConfig]:
+    """Build the network a checkpoint was trained as, and load its weights (no download).
+
+    Args:
+        path: a ``checkpoint.pt`` written by :func:`deeplab_edu.train.train`.
+        variant: if given, the variant the caller expects.
+        device: where to put the network (default: ``runtime.device()``).
+
+    Returns:
+        ``(model in eval mode, its TrainConfig)``.
+
+    Raises:
+        ValueError: if the checkpoint holds another variant than ``variant``.
+    """
+    from deeplab_edu.models import deeplab
+
+    state = load_checkpoint(path)
+    config = TrainConfig.from_dict(state["config"])
+    if variant is not None and variant != config.variant:
+        raise ValueError(
+            f"{path} holds a {config.variant!r} checkpoint (width={config.width}), "
+            f"not {variant!r}; pass --variant {config.variant!r} or another checkpoint"
+        )
+    model = deeplab(config.variant, width=config.width, msc=config.msc)
+    model.load_state_dict(state["model"])
+    return model.to(device or runtime.device()).eval(), config
+
+
+def run_key(config: TrainConfig) -> str:
+    """A short hash of the configuration and of the training split's image list."""
+    split_file = voc_dir(config.dataset) / "ImageSets" / "Segmentation" / f"{config.split}.txt"
+    listing = split_file.read_text() if split_file.is_file() else ""
+    text = json.dumps(config.to_dict(), sort_keys=True) + listing
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def run_dir(config: TrainConfig) -> Path:
+    """Where the cached run of ``config`` lives."""
+    return runtime.data_root() / "runs" / f"{config.variant}-{run_key(config)}"
+
+
+def is_complete(config: TrainConfig) -> bool:
+    """Whether the cached run of ``config`` has finished all its iterations."""
+    path = run_dir(config) / "checkpoint.pt"
+    if not path.is_file():
+        return False
+    return int(load_checkpoint(path)["iteration"]) >= config.iterations
+
+
+def cached_run(config: TrainConfig, *, progress: bool = True) -> tuple[nn.Module, Path]:
+    """The trained network of ``config``: loaded if its run is complete, else trained (or
+    resumed) now. Concurrent callers wait for each other (a lock file).
+
+    Returns:
+        ``(model in eval mode on runtime.device(), run folder)``.
+    """
+    folder = run_dir(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder / ".lock"):
+        if not is_complete(config):
+            train(config, folder, resume=True, progress=progress)
+    model, _ = load_trained(folder / "checkpoint.pt", variant=config.variant)
+    return model, folder
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; two simultaneous first runs would both train
+        yield
+        return
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,141 @@
+"""``python -m deeplab_edu``: every command runs at tiny sizes and rejects mistakes clearly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deeplab_edu.cli import main
+from deeplab_edu.data.toy import make_toy_voc
+from deeplab_edu.models import VARIANTS
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--fast", "--width", "0.0625", "--crop", "33", "--batch-size", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory) -> Path:
+    return make_toy_voc(tmp_path_factory.mktemp("toy"), n_train=4, n_val=3, size=40, seed=0)
+
+
+@pytest.fixture(scope="module")
+def run(toy_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    args = ["train", *TINY, "--dataset", str(toy_dir), "--iterations", "2", "--out", str(out)]
+    assert main(args) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    "command", ["download", "make-toy-data", "train", "evaluate", "crf-search"]
+)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: python -m deeplab_edu " + command in text
+    if command == "train":  # defaults of both modes come from TrainConfig
+        assert "paper: 6000; --fast:" in text and "paper: 0.001" in text
+
+
+def test_module_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "deeplab_edu", "--help"], cwd=REPO,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0 and "crf-search" in result.stdout
+
+
+def test_unknown_variant_and_command_are_rejected(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--variant", "DeepLab-Huge", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "invalid choice: 'DeepLab-Huge'" in error and all(v in error for v in VARIANTS)
+    with pytest.raises(SystemExit):
+        main(["fit"])
+    assert "invalid choice: 'fit'" in capsys.readouterr().err
+
+
+def test_make_toy_data(tmp_path, capsys):
+    out = tmp_path / "toy"
+    assert main(["make-toy-data", "--out", str(out), "--n-train", "2", "--n-val", "1",
+                 "--size", "32"]) == 0  # fmt: skip
+    assert len((out / "ImageSets" / "Segmentation" / "train.txt").read_text().split()) == 2
+    assert main(["make-toy-data", "--out", str(out), "--n-train", "0"]) == 2
+    assert "--n-train must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_train_writes_a_run_and_rejects_bad_values(run, toy_dir, tmp_path, capsys):
+    assert (run / "checkpoint.pt").is_file()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2]
+    config = json.loads((run / "config.json").read_text())
+    assert (config["width"], config["crop"], config["dataset"]) == (0.0625, 33, str(toy_dir))
+    base = ["train", *TINY, "--dataset", str(toy_dir), "--out", str(tmp_path / "x")]
+    assert main([*base, "--iterations", "0"]) == 2
+    assert "iterations, batch_size and checkpoint_every must be >= 1" in capsys.readouterr().err
+    assert main([*base, "--crop", "5"]) == 2
+    assert "crop must be at least 9 pixels, got 5" in capsys.readouterr().err
+    assert main(["train", *TINY, "--dataset", str(toy_dir), "--iterations", "2",
+                 "--out", str(run)]) == 2  # fmt: skip
+    assert "pass resume=True (--resume)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--iterations", "many"])
+    assert "invalid int value: 'many'" in capsys.readouterr().err
+
+
+def test_missing_voc_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DEEPLAB_EDU_DATA", str(tmp_path))
+    monkeypatch.delenv("DEEPLAB_EDU_VOC", raising=False)
+    assert main(["train", *TINY, "--dataset", "voc", "--init", "random", "--out",
+                 str(tmp_path / "run")]) == 2  # fmt: skip
+    error = capsys.readouterr().err
+    assert "PASCAL VOC 2012 not found" in error and "download voc" in error
+
+
+def test_evaluate_writes_results_and_checks_the_variant(run, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    checkpoint = str(run / "checkpoint.pt")
+    assert main(["evaluate", "--fast", "--checkpoint", checkpoint, "--out", str(out),
+                 "--max-images", "2", "--no-progress", "--theta-alpha", "20"]) == 0  # fmt: skip
+    summary = json.loads(out.read_text())
+    assert summary["images"] == 2 and set(summary["miou"]) == {"dcnn", "crf"}
+    assert summary["config"]["crf"]["theta_alpha"] == 20.0
+    assert "mean IoU (%) on 2 images" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", checkpoint, "--out", str(out),
+                 "--variant", "DeepLab-7x7"]) == 2  # fmt: skip
+    assert "holds a 'DeepLab-LargeFOV' checkpoint" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(out)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", checkpoint, "--out", str(out), "--w1", "-1"]) == 2
+    assert "w1 must be a non-negative kernel weight" in capsys.readouterr().err
+
+
+def test_crf_search_runs_and_resumes(run, tmp_path, capsys):
+    out = tmp_path / "search.json"
+    args = ["crf-search", "--fast", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(out),
+            "--w1", "5", "--theta-alpha", "10", "--theta-beta", "3", "5", "--refine-rounds", "0",
+            "--no-progress", "--num-images", "1"]  # fmt: skip
+    assert main(args) == 0
+    trials = json.loads(out.read_text())["trials"]
+    assert [(t["w1"], t["theta_alpha"], t["theta_beta"]) for t in trials] == [
+        (5, 10, 3),
+        (5, 10, 5),
+    ]
+    assert "best CRFParams(" in capsys.readouterr().out
+    assert main(args) == 0  # resumed: nothing left to do, same trials
+    assert json.loads(out.read_text())["trials"] == trials
+    assert main([*args[:-1], "2"]) == 2
+    assert "another configuration" in capsys.readouterr().err
+    assert main([*args[:-1], "0"]) == 2
+    assert "num_images and iterations must be >= 1" in capsys.readouterr().err
+
+
+def test_download_rejects_unknown_targets(capsys):
+    with pytest.raises(SystemExit):
+        main(["download", "imagenet"])
+    assert "invalid choice: 'imagenet'" in capsys.readouterr().err
