@@ -178,16 +178,20 @@ def plot_trimap_bands(
     image: torch.Tensor, target: torch.Tensor, widths: Sequence[int] = (2, 10)
 ) -> plt.Figure:
     """The paper's Fig. 5a: the pixels within ``w`` pixels of a void (object-outline) pixel,
-    for each band width, shown white over a darkened image."""
+    for each band width, shown white over a darkened image; the void pixels themselves (in the
+    band but never scored) are grey."""
     fig, axes = plt.subplots(1, len(widths) + 1, figsize=(3.3 * (len(widths) + 1), 3.2))
     axes[0].imshow(overlay(image, target))
     axes[0].set_title("ground truth", fontsize=9)
     for ax, width in zip(axes[1:], widths, strict=True):
         band = trimap_band(torch.as_tensor(target), width).cpu().numpy()
+        void = _labels(target) == IGNORE_INDEX
         shown = (as_rgb(image) * 0.35).astype(np.uint8)
         shown[band] = 255
+        shown[void] = 150
         ax.imshow(shown)
-        ax.set_title(f"band of {width} px: {band.mean():.0%} of pixels", fontsize=9)
+        scored = (band & ~void).mean()
+        ax.set_title(f"band of {width} px: {scored:.0%} of pixels scored", fontsize=9)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
