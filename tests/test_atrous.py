@@ -157,3 +157,23 @@ def test_make_atrous_sets_the_papers_rates():
         make_atrous(_small_net(), 3)
     with pytest.raises(ValueError, match="multiple"):
         shift_and_stitch(_small_net(), torch.zeros(1, 3, 40, 40), stride=8, factor=3)
+
+
+def test_multiply_adds_of_vgg16_and_of_one_convolution():
+    from deeplab_edu.models import vgg16_fully_convolutional
+    from deeplab_edu.models.cost import multiply_adds
+
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=2, dilation=2))
+    assert multiply_adds(conv, 10, 12) == 10 * 12 * 4 * 3 * 9  # holes cost nothing extra
+    with torch.device("meta"):
+        vgg = vgg16_fully_convolutional()
+    assert round(multiply_adds(vgg, 224, 224) / 1e9, 2) == 15.47  # VGG-16's well-known 15.5 G
+
+
+def test_atrous_conv2d_on_cuda(cuda_device):
+    x = torch.randn(2, 3, 17, 19, device=cuda_device)
+    w = torch.randn(4, 3, 3, 3, device=cuda_device)
+    ours = atrous_conv2d(x, w, rate=3, padding=3)
+    torch.testing.assert_close(ours, F.conv2d(x, w, padding=3, dilation=3), rtol=1e-3, atol=1e-3)
+    model = deeplab("DeepLab-LargeFOV", width=1 / 16, msc=True).to(cuda_device)
+    assert model.predict(torch.randn(1, 3, 41, 41, device=cuda_device)).shape == (1, 21, 41, 41)

@@ -97,7 +97,8 @@ def atrous_conv2d(
     h_out = (height + 2 * padding - span) // stride + 1
     w_out = (width + 2 * padding - span) // stride + 1
     columns = im2col_atrous(x, k, rate=rate, padding=padding, stride=stride)  # (B, C k k, L)
-    # y = W X: (C_out, C_in k k) @ (B, C_in k k, L) -> (B, C_out, L)
+    # $y_o[y, x] = \sum_{c,i,j} w_{o,c}[i, j]\, x_c[y s + i r, x s + j r] + b_o$ as one product:
+    # (C_out, C_in k k) @ (B, C_in k k, L) -> (B, C_out, L)
     y = weight.reshape(c_out, -1) @ columns
     if bias is not None:
         y = y + bias[:, None]

@@ -78,8 +78,9 @@ def receptive_field_steps(layers: Iterable[Layer]) -> list[FieldStep]:
     """
     field, jump, steps = 1, 1, []
     for layer in layers:
-        # R <- R + (r (k - 1) + 1 - 1) J
+        # $R \leftarrow R + r (k - 1) J$
         field += (layer.effective_kernel - 1) * jump
+        # $J \leftarrow J s$
         jump *= layer.stride
         steps.append(FieldStep(layer.name or layer.kind, field, jump))
     return steps
