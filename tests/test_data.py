@@ -236,3 +236,32 @@ def test_train_aug_list_arithmetic_and_build(tmp_path):
     assert np.array_equal(ds[ds.ids.index(extra)][1].numpy(), (7 * i + 3 * j) % 21)
     # VOC's own annotation (with its void row) wins over SBD's for ids that have one
     assert (ds[0][1][0] == IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize("name", ["DeepLab-LargeFOV", "DeepLab"])
+def test_subsampled_labels_line_up_with_the_real_networks_cells(name):
+    # The centre of output cell i of the network (centre of mass of its input gradient, with
+    # equal positive weights and max-pooling replaced by average pooling of the same geometry so
+    # that no tie picks a side) is input pixel 8 i: the pixel subsample_labels picks.
+    from deeplab_edu.models import deeplab
+
+    model = deeplab(name, width=0.0625).eval()
+    for parameter in model.parameters():
+        parameter.data.fill_(0.01)
+    for layer_name, layer in list(model.features.named_children()):
+        if isinstance(layer, torch.nn.MaxPool2d):
+            average = torch.nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding)
+            setattr(model.features, layer_name, average)
+    size = 8 * 80 + 1
+    x = torch.ones(1, 3, size, size, requires_grad=True)
+    scores = model(x)
+    assert (
+        scores.shape[-1] == subsample_labels(torch.zeros(1, size, size, dtype=torch.long)).shape[-1]
+    )
+    for i in (30, 50):  # cells whose receptive field lies inside the image
+        (grad,) = torch.autograd.grad(scores[0, :, i, i].sum(), x, retain_graph=True)
+        weight = grad[0].sum(0)  # (H, W)
+        rows = torch.arange(size, dtype=torch.float64)
+        centre_y = float((weight.sum(1).double() * rows).sum() / weight.sum().double())
+        centre_x = float((weight.sum(0).double() * rows).sum() / weight.sum().double())
+        assert abs(centre_y - 8 * i) < 1e-3 and abs(centre_x - 8 * i) < 1e-3
