@@ -265,3 +265,14 @@ def test_subsampled_labels_line_up_with_the_real_networks_cells(name):
         centre_y = float((weight.sum(1).double() * rows).sum() / weight.sum().double())
         centre_x = float((weight.sum(0).double() * rows).sum() / weight.sum().double())
         assert abs(centre_y - 8 * i) < 1e-3 and abs(centre_x - 8 * i) < 1e-3
+
+
+@pytest.mark.gpu
+def test_transforms_on_cuda(cuda_device):
+    image = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8).to(cuda_device)
+    target = torch.randint(0, 21, (20, 30)).to(cuda_device)
+    x, y = TrainTransform(crop=24)(image, target)
+    assert x.device.type == "cuda" and y.device.type == "cuda" and x.shape == (3, 24, 24)
+    x, y = EvalTransform(pad_to=32)(image, target)
+    assert torch.equal(denormalize(x)[:, :20, :30].cpu(), image.cpu())
+    assert subsample_labels(y[None]).shape == (1, 4, 4)

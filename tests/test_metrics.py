@@ -162,3 +162,20 @@ def test_trimap_curves_on_a_boundary_error():
     assert curves[20]["miou"] == pytest.approx(full.miou())  # the band covers the whole image
     empty = trimap_curves([pred], [target], widths=[3])  # no void: empty band
     assert empty[3]["pixels"] == 0 and math.isnan(empty[3]["miou"])
+
+
+@pytest.mark.gpu
+def test_metrics_on_cuda_match_cpu(cuda_device):
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, NUM_CLASSES, (2, 64, 64), generator=g)
+    target[:, ::7] = V
+    pred = torch.randint(0, NUM_CLASSES, (2, 64, 64), generator=g)
+    cpu, gpu = ConfusionMatrix(), ConfusionMatrix()
+    cpu.update(pred, target)
+    gpu.update(pred.to(cuda_device), target.to(cuda_device))
+    assert gpu.matrix.device.type == "cuda" and torch.equal(gpu.matrix.cpu(), cpu.matrix)
+    assert gpu.miou() == pytest.approx(cpu.miou(), abs=1e-12)
+    band = trimap_band(target.to(cuda_device), 3)
+    assert torch.equal(band.cpu(), trimap_band(target, 3))
+    curves = trimap_curves(pred.to(cuda_device), target.to(cuda_device), [2])
+    assert curves[2]["miou"] == pytest.approx(trimap_curves(pred, target, [2])[2]["miou"])
