@@ -66,7 +66,7 @@ def test_loader_reads_the_real_voc_sample(voc_sample):
 
 
 def test_missing_root_and_split_say_how_to_get_the_data(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"VOC folder not found.*download_voc"):
+    with pytest.raises(FileNotFoundError, match=r"VOC folder not found.*prepare_voc"):
         VOCSegmentation(tmp_path / "nowhere", "train")
     _write_tree(tmp_path, [(8, 8)])
     with pytest.raises(FileNotFoundError, match=r"val\.txt.*splits present: \['train'\]"):

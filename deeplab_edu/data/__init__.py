@@ -48,8 +48,9 @@ def active_voc_dir() -> tuple[str, Path]:
     if not (folder / "JPEGImages").is_dir():
         raise FileNotFoundError(
             f"full mode (DEEPLAB_EDU_FAST=0) needs PASCAL VOC 2012 at {folder} (a folder holding "
-            "JPEGImages/, SegmentationClass/, ImageSets/). Download it with "
-            "`deeplab_edu.data.download.download_voc()`, or set DEEPLAB_EDU_VOC to the VOC2012 "
+            "JPEGImages/, SegmentationClass/, ImageSets/). Download it (with SBD, building the "
+            "train_aug list) with `deeplab_edu.data.download.prepare_voc()`, or set "
+            "DEEPLAB_EDU_VOC to the VOC2012 "
             "folder of a copy you already have; or run in fast mode (DEEPLAB_EDU_FAST=1), which "
             "uses the generated teaching set."
         )

@@ -125,7 +125,8 @@ def read_image(path: str | Path) -> torch.Tensor:
 
 
 _HOW_TO_GET_VOC = (
-    "Full mode needs PASCAL VOC 2012: call `deeplab_edu.data.download.download_voc()`, or "
+    "Full mode needs PASCAL VOC 2012 (and SBD for train_aug): call "
+    "`deeplab_edu.data.download.prepare_voc()` (downloads both, builds train_aug), or "
     "unpack VOCtrainval_11-May-2012.tar yourself and set DEEPLAB_EDU_VOC to its VOC2012 "
     "folder (or DEEPLAB_EDU_DATA to a folder holding VOCdevkit/VOC2012). Fast mode uses the "
     "generated teaching set instead (`deeplab_edu.data.toy.ensure_toy_voc()`)."
