@@ -225,3 +225,22 @@ def test_weight_download_path_verifies_before_keeping(tmp_path):
     with pytest.raises(ValueError, match="checksum mismatch"):
         vgg16_imagenet_state_dict(url=source.as_uri(), sha256_prefix=wrong, folder=tmp_path / "w2")
     assert not any((tmp_path / "w2").iterdir())  # nothing half-verified is left behind
+
+
+def test_weights_already_in_the_torch_hub_cache_are_reused(tmp_path):
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    cached = hub / "checkpoints" / "vgg16-cached.pth"
+    torch.save({"classifier.0.bias": torch.zeros(2)}, cached)
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(hub))
+    try:
+        loaded = vgg16_imagenet_state_dict(
+            url="https://example.invalid/vgg16-cached.pth",
+            sha256_prefix=sha256_of(cached)[:8],
+            folder=tmp_path / "weights",
+            download=False,
+        )
+    finally:
+        torch.hub.set_dir(previous)
+    assert torch.equal(loaded["classifier.0.bias"], torch.zeros(2))

@@ -204,7 +204,9 @@ def vgg16_imagenet_state_dict(
     """torchvision's ``VGG16_Weights.IMAGENET1K_V1`` state dict, downloaded once and verified.
 
     The file (528 MB) is kept in ``folder`` (default ``runtime.data_root() / "weights"``) and
-    its checksum verified every time it is loaded. Chapters call this in full mode only.
+    its checksum verified every time it is loaded. A copy that torchvision already downloaded
+    (in ``torch.hub.get_dir() / "checkpoints"``) is used instead of downloading again. Chapters
+    call this in full mode only.
 
     Args:
         url: where to download the file from.
@@ -222,6 +224,9 @@ def vgg16_imagenet_state_dict(
     """
     folder = Path(folder) if folder is not None else runtime.data_root() / "weights"
     path = folder / url.rsplit("/", 1)[-1]
+    hub_copy = Path(torch.hub.get_dir()) / "checkpoints" / path.name
+    if not path.is_file() and hub_copy.is_file():  # torchvision already downloaded it
+        path = hub_copy
     if not path.is_file():
         if not download:
             raise FileNotFoundError(
