@@ -20,6 +20,7 @@ resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 from dataclasses import dataclass
@@ -56,11 +57,10 @@ class SearchConfig:
 
     @classmethod
     def fast(cls, **changes) -> SearchConfig:
-        """theta_alpha scaled by 1/4 (50:10:100 -> 12.5 to 25), theta_beta every 2 units, 16
-        images, native size."""
+        """theta_alpha scaled by 1/4 (the range 50..100 becomes 12.5..25, its two ends),
+        theta_beta every 3 units of 3..9, 8 images, native size."""
         values = dict(
-            theta_alpha=(12.5, 18.75, 25.0), theta_beta=(3.0, 5.0, 7.0, 9.0), num_images=16,
-            pad_to=None,
+            theta_alpha=(12.5, 25.0), theta_beta=(3.0, 6.0, 9.0), num_images=8, pad_to=None,
         )  # fmt: skip
         values.update(changes)
         return cls(**values)
@@ -96,6 +96,12 @@ class SearchResult:
     best: CRFParams
     best_miou: float
     dcnn_miou: float
+
+
+def state_file(run_folder: str | Path, config: SearchConfig) -> Path:
+    """Where a run's search with ``config`` keeps its trials (a file per configuration)."""
+    key = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+    return Path(run_folder) / f"crf_search-{key[:12]}.json"
 
 
 def holdout(dataset, num_tune: int):

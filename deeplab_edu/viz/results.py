@@ -117,7 +117,8 @@ def plot_crf_heatmap(trials: Sequence[dict], *, dcnn_miou: float | None = None) 
     for t in coarse:
         index = weights.index(t["w1"]), alphas.index(t["theta_alpha"]), betas.index(t["theta_beta"])
         values[index] = 100 * t["miou"]
-    fig, axes = plt.subplots(1, len(weights), figsize=(4.2 * len(weights), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(weights), figsize=(4.6 * len(weights), 3.6), squeeze=False,
+                             layout="constrained")  # fmt: skip
     low, high = np.nanmin(values), np.nanmax(values)
     for k, (ax, w1) in enumerate(zip(axes[0], weights, strict=True)):
         image = ax.imshow(values[k], vmin=low, vmax=high, cmap="viridis", origin="lower",
@@ -140,4 +141,21 @@ def plot_crf_heatmap(trials: Sequence[dict], *, dcnn_miou: float | None = None) 
     if dcnn_miou is not None:
         label += f"; without CRF {100 * dcnn_miou:.1f}"
     fig.colorbar(image, ax=axes[0].tolist(), label=label)
+    return fig
+
+
+def plot_label_maps(image, target, maps: dict[str, np.ndarray]) -> plt.Figure:
+    """One image, its ground truth and several labelings side by side (titled by ``maps``)."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[0] == 3:
+        image = image.transpose(1, 2, 0)
+    panels = {"image": image, "ground truth": colorize(np.asarray(target))}
+    panels |= {name: colorize(np.asarray(m)) for name, m in maps.items()}
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6))
+    for ax, (name, panel) in zip(axes, panels.items(), strict=True):
+        ax.imshow(panel)
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
     return fig
