@@ -16,6 +16,7 @@ from deeplab_edu.crf import (
     simulate_unaries,
 )
 from deeplab_edu.crf.meanfield import iterate
+from deeplab_edu.crf.permutohedral import LatticeSum
 from deeplab_edu.data.voc import read_mask
 
 
@@ -54,6 +55,26 @@ def test_lattice_matches_exact_filtering(d, max_bound, mean_bound):
     assert torch.allclose(lattice.weights.sum(1), torch.ones(3000), atol=1e-5)
     assert (lattice.weights >= -1e-6).all()
     assert lattice.num_vertices < 3000 * (d + 1)
+
+
+def test_fused_sparse_filtering_equals_the_step_by_step_lattice():
+    g = torch.Generator().manual_seed(2)
+    points = torch.rand(2000, 2, generator=g) * 30
+    colours = torch.rand(2000, 3, generator=g) * 40
+    appearance = PermutohedralLattice(torch.cat([points / 8, colours / 5], 1))
+    smoothness = PermutohedralLattice(points / 3)
+    a, b = [torch.rand(2000, generator=g) + 0.5 for _ in range(2)]
+    values = torch.rand(2000, 7, generator=g)
+    fused = LatticeSum([appearance, smoothness], [a, torch.ones(2000)], [b, 2 * torch.ones(2000)])
+    steps = b[:, None] * appearance(a[:, None] * values) + 2 * smoothness(values)
+    assert torch.allclose(fused(values), steps, rtol=1e-4, atol=1e-4)
+    # and the neighbour tables are each other's inverse (a step and its opposite)
+    m = appearance.num_vertices
+    minus, plus = appearance.neighbours[:, 0], appearance.neighbours[:, 1]
+    has = minus < m
+    assert torch.equal(
+        plus.gather(1, minus.clamp(max=m - 1))[has], torch.arange(m).expand(6, -1)[has]
+    )
 
 
 def test_lattice_gain_predicts_the_unnormalised_mass():
@@ -152,10 +173,10 @@ def test_the_loop_never_moves_data_to_the_cpu():
     # on the meta device any .item(), bool() or .cpu() of data raises: the loop must not need any
     unary = torch.empty(100, 5, device="meta")
 
-    def kernel(q):
-        return 2 * q
+    def message(q):
+        return 4.0 * q.flip(0) + 3.0 * q
 
-    q, history, energies = iterate(unary, [kernel, kernel], [4.0, 3.0], 3, track=True)
+    q, history, energies = iterate(unary, message, 3, track=True)
     assert q.device.type == "meta" and len(history) == 4 and len(energies) == 4
 
 

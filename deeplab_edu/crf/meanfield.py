@@ -29,7 +29,7 @@ import torch
 
 from deeplab_edu.crf.kernels import CRFParams, appearance_features, smoothness_features
 from deeplab_edu.crf.naive import NaiveFilter
-from deeplab_edu.crf.permutohedral import PermutohedralLattice
+from deeplab_edu.crf.permutohedral import LatticeSum, PermutohedralLattice
 
 METHODS = ("permutohedral", "naive", "pydensecrf")
 NORMALIZATIONS = ("symmetric", "after", "none")
@@ -54,81 +54,83 @@ class MeanFieldResult:
     objective: list[float] = field(default_factory=list)
 
 
-class NormalizedKernel:
-    """One Gaussian kernel with its normalisation: $\\tilde K Q$ for ``Q`` of shape ``(N, C)``.
+class PairwiseMessage:
+    """The weighted, normalised message $m = \\sum_m w_m \\tilde K_m Q$ of both kernels.
+
+    Each normalised kernel is written $\\tilde K_m = \\mathrm{diag}(b_m)\\, K_m\\,
+    \\mathrm{diag}(a_m)$ with $D_m = K_m \\mathbf 1$: ``"symmetric"`` $a = b = D^{-1/2}$,
+    ``"after"`` $a = 1, b = D^{-1}$, ``"none"`` $a = 1, b = 1/\\mathrm{gain}$ (the lattice's mass
+    relative to the exact kernel, 1 for exact filtering). With lattices, the weights and scales
+    are folded into one sparse splat and one sparse slice (:class:`LatticeSum`).
 
     Args:
-        filter_fn: computes $K v$ for ``(N, C)`` values (a lattice or an exact filter).
+        filters: per kernel, a :class:`NaiveFilter` or :class:`PermutohedralLattice`.
+        weights: per kernel, $w_m$.
         normalization: one of :data:`NORMALIZATIONS`.
-        exclude_self: leave out the $j = i$ term.
-        gain: mass of ``filter_fn`` relative to the exact kernel (1 for exact filtering).
+        exclude_self: leave out the $j = i$ terms ($k(f_i, f_i) = 1$ before normalisation).
     """
 
     def __init__(
         self,
-        filter_fn: Callable[[torch.Tensor], torch.Tensor],
+        filters: Sequence[NaiveFilter | PermutohedralLattice],
+        weights: Sequence[float],
         normalization: str,
-        exclude_self: bool,
-        num_points: int,
-        device: torch.device,
-        gain: float = 1.0,
+        exclude_self: bool = False,
     ) -> None:
-        self.filter_fn, self.normalization, self.exclude_self = (
-            filter_fn,
-            normalization,
-            exclude_self,
-        )
-        ones = torch.ones(num_points, 1, device=device)
-        self.degree = filter_fn(ones)  # (N, 1) = $D = K \mathbf{1}$
-        if normalization == "symmetric":
-            self.scale = torch.rsqrt(self.degree + 1e-20)  # $D^{-1/2}$
-        elif normalization == "after":
-            self.scale = 1.0 / (self.degree + 1e-20)  # $D^{-1}$
-        else:
-            self.scale = torch.full_like(self.degree, 1.0 / gain)
-        self.self_weight = self.scale.square() if normalization == "symmetric" else self.scale
+        self.filters, self.weights = list(filters), list(weights)
+        n = filters[0].num_points
+        device = filters[0].device
+        ones = torch.ones(n, 1, device=device)
+        self.inner, self.outer = [], []
+        self_weight = torch.zeros(n, device=device)
+        for filter_fn, w in zip(self.filters, self.weights, strict=True):
+            degree = filter_fn(ones)[:, 0]  # (N,) $D = K \mathbf{1}$
+            if normalization == "symmetric":
+                a = b = torch.rsqrt(degree + 1e-20)  # $D^{-1/2}$
+            elif normalization == "after":
+                a, b = torch.ones_like(degree), 1.0 / (degree + 1e-20)  # $D^{-1}$
+            else:
+                gain = filter_fn.gain() if isinstance(filter_fn, PermutohedralLattice) else 1.0
+                a, b = torch.ones_like(degree), torch.full_like(degree, 1.0 / gain)
+            self.inner.append(a)
+            self.outer.append(w * b)  # the weight $w_m$ folded into the outer scale
+            self_weight += w * a * b
+        self.self_weight = self_weight[:, None] if exclude_self else None
+        self.fused = None
+        if all(isinstance(f, PermutohedralLattice) for f in self.filters):
+            self.fused = LatticeSum(self.filters, self.inner, self.outer)
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
-        if self.normalization == "symmetric":
-            # $D^{-1/2} K D^{-1/2} Q$
-            out = self.scale * self.filter_fn(self.scale * q)
+        """``(N, C)`` marginals -> ``(N, C)`` message."""
+        if self.fused is not None:
+            # $m = \sum_m w_m\, b_m \odot K_m (a_m \odot Q)$ as one sparse splat/blur/slice
+            message = self.fused(q)
         else:
-            # $D^{-1} K Q$ ("after") or $K Q / \mathrm{gain}$ ("none")
-            out = self.scale * self.filter_fn(q)
-        if self.exclude_self:
-            # remove $\tilde k_{ii} Q_i$, with $k(f_i, f_i) = 1$
-            out = out - self.self_weight * q
-        return out
-
-    def total(self) -> torch.Tensor:
-        """$\\sum_{ij} \\tilde K_{ij}$, the energy of the all-different labelling (a constant)."""
-        return self(torch.ones_like(self.degree)).sum()
-
-
-def _build_filter(features: torch.Tensor, method: str) -> tuple[Callable, float]:
-    if method == "naive":
-        return NaiveFilter(features), 1.0
-    lattice = PermutohedralLattice(features)
-    return lattice, lattice.gain()
+            message = None
+            for filter_fn, a, b in zip(self.filters, self.inner, self.outer, strict=True):
+                # $w_m\, b_m \odot K_m (a_m \odot Q)$
+                term = b[:, None] * filter_fn(a[:, None] * q)
+                message = term if message is None else message.add_(term)
+        if self.self_weight is not None:
+            # remove the $j = i$ terms: $\sum_m w_m \tilde k^{(m)}_{ii} Q_i$
+            message = message - self.self_weight * q
+        return message
 
 
 def iterate(
     unary: torch.Tensor,
-    kernels: Sequence[Callable[[torch.Tensor], torch.Tensor]],
-    weights: Sequence[float],
+    message_fn: Callable[[torch.Tensor], torch.Tensor],
     iterations: int,
     track: bool = False,
-    constant: torch.Tensor | float = 0.0,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """The mean-field loop on flattened tensors; no data leaves the device inside it.
 
     Args:
         unary: ``(N, C)`` unary potentials $\\theta_i(l) = -\\log P_i(l)$.
-        kernels: normalised filters $\\tilde K_m$ (``(N, C) -> (N, C)``).
-        weights: $w_m$, one per kernel.
+        message_fn: $Q \\mapsto \\sum_m w_m \\tilde K_m Q$ (``(N, C) -> (N, C)``).
         iterations: number of updates.
-        track: keep each Q and its free energy (as 0-d tensors).
-        constant: $\\frac12 \\sum_m w_m \\sum_{ij} \\tilde K^{(m)}_{ij}$, added to the energy.
+        track: keep each Q and its free energy (0-d tensors, without the constant
+            $\\frac12 \\sum_{ij} \\sum_m w_m \\tilde k^{(m)}_{ij}$).
 
     Returns:
         ``(Q, history, energies)`` with ``Q`` of shape ``(N, C)``.
@@ -138,19 +140,17 @@ def iterate(
     history, energies = ([q], []) if track else ([], [])
     for step in range(iterations + (1 if track else 0)):
         # message passing, weighting: $m_i(l) = \sum_m w_m \sum_j \tilde k^{(m)}_{ij} Q_j(l)$
-        message = weights[0] * kernels[0](q)
-        for w, kernel in zip(weights[1:], kernels[1:], strict=True):
-            message = message + w * kernel(q)
+        message = message_fn(q)
         if track:
             # $F(Q) = \sum_i \langle Q_i, \theta_i + \log Q_i\rangle
             #   + \frac12 \sum_{ij} \sum_m w_m \tilde k^{(m)}_{ij} (1 - \langle Q_i, Q_j\rangle)$
             entropy_term = (q * torch.log(q.clamp_min(1e-30))).sum()
-            energies.append((q * unary).sum() + entropy_term + constant - 0.5 * (q * message).sum())
+            energies.append((q * unary).sum() + entropy_term - 0.5 * (q * message).sum())
         if step == iterations:
             break
         # compatibility (Potts), unaries, normalisation:
         # $Q_i(l) \propto \exp(-\theta_i(l) + m_i(l))$
-        q = torch.softmax(message - unary, dim=1)
+        q = torch.softmax(message.sub_(unary), dim=1)
         if track:
             history.append(q)
     return q, history, energies
@@ -263,22 +263,15 @@ def mean_field(
         appearance_features(image_t, params.theta_alpha, params.theta_beta),  # (N, 5)
         smoothness_features(h, w, params.theta_gamma, device),  # (N, 2)
     )
-    kernels = []
-    for f in features:
-        filter_fn, gain = _build_filter(f, method)
-        kernels.append(
-            NormalizedKernel(filter_fn, normalization, exclude_self, h * w, device, gain)
-        )
-    weights = (params.w1, params.w2)
+    filters = [NaiveFilter(f) if method == "naive" else PermutohedralLattice(f) for f in features]
+    message_fn = PairwiseMessage(filters, (params.w1, params.w2), normalization, exclude_self)
     # unary: $\theta_i(l) = -\log P_i(l)$, probabilities clipped to [1e-5, 1]
     unary = -torch.log(probs.detach().to(torch.float32).clamp(PROB_CLIP, 1.0))  # (C, H, W)
     unary = unary.reshape(c, h * w).T.contiguous()  # (N, C)
-    constant = 0.0
-    if track:
-        constant = 0.5 * sum(
-            wm * kernel.total() for wm, kernel in zip(weights, kernels, strict=True)
-        )
-    q, history, energies = iterate(unary, kernels, weights, iterations, track, constant)
+    q, history, energies = iterate(unary, message_fn, iterations, track)
+    if track:  # the constant $\frac12 \sum_{ij} \sum_m w_m \tilde k^{(m)}_{ij}$ of the energy
+        constant = 0.5 * message_fn(torch.ones(h * w, 1, device=device)).sum()
+        energies = [energy + constant for energy in energies]
 
     def to_chw(x: torch.Tensor) -> torch.Tensor:
         return x.T.reshape(c, h, w).to(probs.dtype)

@@ -54,6 +54,10 @@ class NaiveFilter:
     def num_points(self) -> int:
         return self.features.shape[0]
 
+    @property
+    def device(self) -> torch.device:
+        return self.features.device
+
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         """Filter ``values`` of shape ``(N, C)``; returns ``(N, C)`` = $K$ ``values``."""
         if self.kernel is not None:

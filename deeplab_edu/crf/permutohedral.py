@@ -40,12 +40,9 @@ class PermutohedralLattice:
     Attributes:
         offsets: ``(N, d+1)`` int64 index of each point's simplex vertices.
         weights: ``(N, d+1)`` float32 barycentric weights (each row sums to 1).
-        keys: ``(M, d)`` int64 coordinates of the M lattice vertices (the last, implicit
-            coordinate is minus the sum of the others).
+        codes: ``(M,)`` sorted int64 codes of the M lattice vertices (see :attr:`keys`).
         neighbours: ``(d+1, 2, M)`` int64 indices of each vertex's two neighbours along each
             direction (the value M means "absent": that vertex received nothing).
-        splat_matrix, slice_matrix: splatting and slicing as sparse ``(M, N)`` and ``(N, M)``
-            matrices, so that filtering is ``slice_matrix @ blur(splat_matrix @ values)``.
 
     Raises:
         ValueError: if ``features`` is not a finite, non-empty ``(N, d)`` tensor with d >= 1,
@@ -60,7 +57,7 @@ class PermutohedralLattice:
         f = features.to(torch.float32)
         n, d = f.shape
         self.num_points, self.dim = n, d
-        device = f.device
+        self.device = device = f.device
         down = 1.0 / (d + 1)
 
         # Elevation $y = E\,\mathrm{diag}(s)\,f$ with $s_k = \sqrt{2/3}\,(d+1)/\sqrt{(k+1)(k+2)}$:
@@ -84,10 +81,11 @@ class PermutohedralLattice:
         # Rank of each coordinate of the residual in decreasing order (ties: later index ranks
         # higher), which names the simplex the point falls in
         res = elevated - rem0  # (N, d+1)
-        later = torch.ones(d + 1, d + 1, dtype=torch.bool, device=device).triu(1)  # b > a
-        greater = res[:, None, :] > res[:, :, None]  # [n, a, b]: res_b > res_a
-        at_least = res[:, None, :] >= res[:, :, None]
-        rank = ((greater & later) | (at_least & later.T)).sum(2) + total[:, None]  # (N, d+1)
+        rank = torch.empty(n, d + 1, dtype=torch.int64, device=device)
+        for axis in range(d + 1):  # a loop over the d+1 coordinates, not over points
+            r_a = res[:, axis : axis + 1]
+            rank[:, axis] = (res[:, axis + 1 :] > r_a).sum(1) + (res[:, :axis] >= r_a).sum(1)
+        rank += total[:, None]  # (N, d+1)
         # Points off the plane (total != 0) are brought back by wrapping the ranks
         under, over = rank < 0, rank > d
         rank = rank + (d + 1) * under - (d + 1) * over
@@ -101,17 +99,16 @@ class PermutohedralLattice:
         bary[:, 0] += 1.0 + bary[:, d + 1]
         self.weights = bary[:, : d + 1].contiguous()  # (N, d+1)
 
-        # Vertex of remainder q: rem0_i + q, minus (d+1) where rank_i > d - q (first d coords)
-        q = torch.arange(d + 1, device=device)
-        rem0_int = rem0[:, :d].round().to(torch.int64)  # (N, d)
-        shift = (rank[:, None, :d] > (d - q)[None, :, None]).to(torch.int64)  # (N, d+1, d)
-        keys = rem0_int[:, None, :] + q[None, :, None] - (d + 1) * shift  # (N, d+1, d)
-        keys = keys.reshape(-1, d)  # (N*(d+1), d)
-
-        # Sparse vertices: sort the integer codes of the keys and keep the distinct ones
+        # Vertex q of the simplex (q = 0..d) has coordinates
+        # $\mathrm{rem0}_i + q - (d+1)[\mathrm{rank}_i > d-q]$.
+        # All coordinates of a vertex are congruent to q mod (d+1), so a vertex is stored as the
+        # integer code $q + (d+1) R$, where R is the mixed-radix number of the first d reduced
+        # coordinates $\mathrm{rem0}_i/(d+1) - [\mathrm{rank}_i > d-q]$ (the last coordinate is
+        # minus the sum of the others). Sorting the codes (``torch.unique``) replaces the hash
+        # table of the C++ code.
+        reduced = (rem0[:, :d] * down).round().to(torch.int64)  # (N, d)
         self._d = d
-        reduced = self._reduce(keys)
-        self._lo = reduced.min(0).values - 1  # margin of 1 for neighbours outside the range
+        self._lo = reduced.min(0).values - 2  # room for the shift and for neighbours (+-1)
         self._span = reduced.max(0).values + 2 - self._lo
         bits = float(torch.log2(self._span.to(torch.float64)).sum()) + math.log2(d + 1)
         if bits > _KEY_BITS:
@@ -119,99 +116,98 @@ class PermutohedralLattice:
                 f"features span too wide a range to encode lattice keys in 64 bits ({bits:.0f} "
                 "bits needed): divide them by larger bandwidths"
             )
-        codes, inverse = torch.unique(self._encode(keys), sorted=True, return_inverse=True)
-        self.codes = codes  # (M,) sorted
-        self.offsets = inverse.reshape(n, d + 1)  # (N, d+1)
-        m = codes.shape[0]
-        self.num_vertices = m
-        vertex_keys = torch.empty(m, d, dtype=torch.int64, device=device)
-        vertex_keys[inverse] = keys
-        self.keys = vertex_keys  # (M, d)
+        spans = torch.cat([self._span[1:], self._span.new_ones(1)])  # radix_i = prod_{k>i} span_k
+        self._radix = spans.flip(0).cumprod(0).flip(0)  # (d,)
+        base = ((reduced - self._lo) * self._radix).sum(1)  # (N,) R of the q = 0 vertex
+        # coordinate i is shifted for the vertices q > d - rank_i: an exclusive cumulative sum
+        # of the radices ordered by d - rank_i gives the shift of R for every q at once
+        by_position = torch.zeros(n, d + 1, dtype=torch.int64, device=device)
+        by_position.scatter_(1, d - rank[:, :d], self._radix.expand(n, d))
+        shift = by_position.cumsum(1) - by_position  # (N, d+1)
+        q_codes = torch.arange(d + 1, device=device) + (d + 1) * (base[:, None] - shift)
+        # Distinct vertices by one stable sort of the codes (vertices numbered in code order).
+        # The sort also groups the (point, vertex) pairs by vertex, points in increasing order:
+        # exactly the layout of the splat matrix.
+        sorted_codes, position = torch.sort(q_codes.reshape(-1), stable=True)  # (N*(d+1),)
+        is_first = torch.ones_like(sorted_codes, dtype=torch.bool)
+        is_first[1:] = sorted_codes[1:] != sorted_codes[:-1]
+        self.codes = sorted_codes[is_first]  # (M,) sorted
+        self.num_vertices = m = self.codes.shape[0]
+        vertex = is_first.cumsum(0) - 1  # (N*(d+1),) vertex of each sorted pair
+        self.offsets = torch.empty_like(position).index_put_((position,), vertex).view(n, d + 1)
+        starts = torch.nonzero(is_first)[:, 0]  # (M,) first pair of each vertex
+        self._splat_order, self._splat_starts = position, starts
 
         # Neighbours along direction j: all coordinates -1 except coordinate j, which gets +d
-        # (for j = d only the implicit last coordinate gets +d); and the opposite step.
-        eye = torch.eye(d + 1, d, dtype=torch.int64, device=device)  # row d is all zero
-        neighbours = torch.full((d + 1, 2, m), m, dtype=torch.int64, device=device)
-        for direction in range(d + 1):  # d+1 directions: a loop over axes, not over points
-            step = eye[direction] * (d + 1) - 1  # (d,)
-            for side, sign in enumerate((1, -1)):
-                neighbours[direction, side] = self._lookup(vertex_keys + sign * step)
+        # (for j = d only the implicit last coordinate gets +d); and the opposite step. In
+        # codes: the remainder moves by -1 (or +1) and R by one radix or by all the others.
+        # The opposite step is the inverse map: look up one side, invert it for the other.
+        remainder, r_number = self.codes % (d + 1), self.codes // (d + 1)
+        total = self._radix.sum()
+        wraps = remainder == 0
+        vertices = torch.arange(m, device=device)
+        neighbours = torch.full((d + 1, 2, m + 1), m, dtype=torch.int64, device=device)
+        for direction in range(d + 1):  # a loop over the d+1 axes, not over points
+            radix_j = self._radix[direction] if direction < d else torch.zeros_like(total)
+            minus = torch.where(wraps, r_number - (total - radix_j), r_number + radix_j)
+            minus = self._lookup(torch.where(wraps, d, remainder - 1) + (d + 1) * minus)
+            neighbours[direction, 0, :m] = minus
+            neighbours[direction, 1].scatter_(0, minus, vertices)  # absent ones land on row M
+        neighbours = neighbours[:, :, :m].contiguous()
         self.neighbours = neighbours
 
         # Slice scale: the blur returns $1 + 2^{-d}$ of a vertex's value to itself (going
         # once around all d+1 directions); dividing by it gives the vertex a self-weight of 1.
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
-        self._build_matrices()
-
-    def _build_matrices(self) -> None:
-        """Splat and slice as sparse CSR matrices: each is then one sparse x dense product (MKL
-        on CPU, cuSPARSE on CUDA), several times faster than scattered index additions."""
-        n, d, m = self.num_points, self._d, self.num_vertices
-        device = self.offsets.device
-        flat_vertex = self.offsets.reshape(-1)  # (N*(d+1),) vertex of each (point, q) pair
-        flat_weight = self.weights.reshape(-1)
-        with warnings.catch_warnings():  # sparse CSR is "beta" in PyTorch: silence the notice
-            warnings.simplefilter("ignore", UserWarning)
-            # slice: row i holds point i's d+1 barycentric weights, times alpha
-            rows = torch.arange(0, n * (d + 1) + 1, d + 1, device=device)
-            self.slice_matrix = torch.sparse_csr_tensor(
-                rows, flat_vertex, flat_weight * self.alpha, size=(n, m), check_invariants=False
-            )  # (N, M)
-            # splat: the transpose (row v lists the points that splat onto vertex v)
-            order = torch.argsort(flat_vertex, stable=True)
-            counts = torch.bincount(flat_vertex, minlength=m)
-            rows = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-            self.splat_matrix = torch.sparse_csr_tensor(
-                rows, order // (d + 1), flat_weight[order], size=(m, n), check_invariants=False
-            )  # (M, N)
 
     # -- integer keys -------------------------------------------------------------------------
-    def _reduce(self, keys: torch.Tensor) -> torch.Tensor:
-        """All coordinates of a vertex are congruent mod d+1: divide that remainder out."""
-        remainder = torch.remainder(keys[:, :1], self._d + 1)
-        return torch.div(keys - remainder, self._d + 1, rounding_mode="floor")
-
-    def _encode(self, keys: torch.Tensor) -> torch.Tensor:
-        """One int64 per key: remainder + (d+1) * mixed-radix number of the reduced key."""
-        d = self._d
-        remainder = torch.remainder(keys[:, 0], d + 1)
-        digits = self._reduce(keys) - self._lo  # (K, d), each in [0, span)
-        code = torch.zeros_like(remainder)
-        for axis in range(d):  # d is small (2 or 5): a loop over coordinates
-            code = code * self._span[axis] + digits[:, axis]
-        return remainder + (d + 1) * code
-
-    def _lookup(self, keys: torch.Tensor) -> torch.Tensor:
-        """Vertex index of each key, or M where the vertex does not exist."""
-        digits = self._reduce(keys) - self._lo
-        inside = ((digits >= 0) & (digits < self._span)).all(1)
-        code = self._encode(keys)
+    def _lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """Vertex index of each code, or M where that vertex does not exist."""
         m = self.num_vertices
-        index = torch.searchsorted(self.codes, code).clamp_(max=m - 1)
-        found = inside & (self.codes[index] == code)
-        return torch.where(found, index, torch.full_like(index, m))
+        index = torch.searchsorted(self.codes, codes).clamp_(max=m - 1)
+        return torch.where(self.codes[index] == codes, index, torch.full_like(index, m))
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """``(M, d+1)`` integer coordinates of the vertices (decoded from their codes)."""
+        d = self._d
+        remainder, r_number = self.codes % (d + 1), self.codes // (d + 1)
+        digits = (r_number[:, None] // self._radix) % self._span  # (M, d)
+        first = (digits + self._lo) * (d + 1) + remainder[:, None]  # (M, d)
+        return torch.cat([first, -first.sum(1, keepdim=True)], dim=1)
 
     # -- filtering ----------------------------------------------------------------------------
     def splat(self, values: torch.Tensor) -> torch.Tensor:
         """``(N, C)`` point values -> ``(M, C)`` vertex values."""
-        # $V_v = \sum_{(i, q):\, v(i,q) = v} b_{iq}\, v_i$
-        return self.splat_matrix @ values
+        out = values.new_zeros(self.num_vertices, values.shape[1])
+        for q in range(self._d + 1):  # the d+1 vertices of each simplex
+            # $V_{v(i,q)} \mathrel{+}= b_{iq}\, v_i$
+            out.index_add_(0, self.offsets[:, q], values * self.weights[:, q : q + 1])
+        return out
 
     def blur(self, vertex_values: torch.Tensor) -> torch.Tensor:
         """Blur ``(M, C)`` vertex values with [1/2, 1, 1/2] along each of the d+1 directions."""
         m, c = vertex_values.shape
-        v = vertex_values.new_zeros(m + 1, c)  # row M: the absent neighbour, always 0
-        v[:m] = vertex_values
+        padded = vertex_values.new_zeros(m + 1, c)  # row M: the absent neighbour, always 0
+        padded[:m] = vertex_values
+        return self.blur_(padded)[:m]
+
+    def blur_(self, padded: torch.Tensor) -> torch.Tensor:
+        """:meth:`blur` in place on ``(M+1, C)`` values whose last row is zero (and stays so)."""
+        m = self.num_vertices
         for n1, n2 in self.neighbours:  # one pass per lattice direction
-            both = v.index_select(0, n1).add_(v.index_select(0, n2))  # (M, C)
+            both = padded.index_select(0, n1).add_(padded.index_select(0, n2))  # (M, C)
             # $V_v \leftarrow V_v + \frac12 (V_{v - e_j} + V_{v + e_j})$
-            v[:m].add_(both, alpha=0.5)
-        return v[:m]
+            padded[:m].add_(both, alpha=0.5)
+        return padded
 
     def slice(self, vertex_values: torch.Tensor) -> torch.Tensor:
         """``(M, C)`` vertex values -> ``(N, C)`` point values, scaled by ``alpha``."""
-        # $v_i' = \alpha \sum_q b_{iq}\, V_{v(i,q)}$
-        return self.slice_matrix @ vertex_values
+        out = 0.0
+        for q in range(self._d + 1):
+            # $v_i' = \alpha \sum_q b_{iq}\, V_{v(i,q)}$
+            out = out + vertex_values[self.offsets[:, q]] * self.weights[:, q : q + 1]
+        return out * self.alpha
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         """Approximate $\\sum_j \\exp(-\\frac12\\|f_i - f_j\\|^2) v_j$ for ``values`` ``(N, C)``."""
@@ -228,3 +224,68 @@ class PermutohedralLattice:
         d = self._d
         volume = 1.5 ** (d / 2) / math.sqrt(d + 1)
         return volume * 2.0 ** (d + 1) * self.alpha / (2.0 * math.pi) ** (d / 2)
+
+
+class LatticeSum:
+    """$\\sum_m \\mathrm{diag}(b_m)\\, K_m\\, \\mathrm{diag}(a_m)$ for several lattices over the
+    same N points (the CRF's two kernels with their weights and normalisations), computed as one
+    sparse splat into all lattices, their blurs, and one sparse slice that also sums them.
+
+    Args:
+        lattices: lattices built on the same N points.
+        inner: per lattice, ``(N,)`` scales $a_m$ applied before splatting.
+        outer: per lattice, ``(N,)`` scales $b_m$ applied after slicing.
+
+    Splat and slice become sparse CSR matrices (MKL on CPU, cuSPARSE on CUDA): one sparse x dense
+    product each, several times faster than the scattered additions of
+    :meth:`PermutohedralLattice.splat`, which compute the same sums step by step.
+    """
+
+    def __init__(
+        self,
+        lattices: list[PermutohedralLattice],
+        inner: list[torch.Tensor],
+        outer: list[torch.Tensor],
+    ) -> None:
+        n = lattices[0].num_points
+        if any(lattice.num_points != n for lattice in lattices):
+            raise ValueError("all lattices must be built on the same points")
+        self.lattices = lattices
+        crows, cols, splat_values, slice_cols, slice_values = [], [], [], [], []
+        start, nnz = 0, 0
+        self.segments = []  # rows [start, start + M + 1) of the stacked vertex values
+        for lattice, a, b in zip(lattices, inner, outer, strict=True):
+            d, order = lattice.dim, lattice._splat_order
+            # splat rows: one per vertex, listing the points that splat onto it; then one more,
+            # empty row: the zero "absent neighbour" row of this lattice's blur
+            crow = torch.cat([lattice._splat_starts, order.new_full((2,), order.shape[0])])
+            crows.append(crow[(1 if start else 0) :] + nnz)
+            point = order // (d + 1)
+            cols.append(point)
+            splat_values.append(lattice.weights.view(-1)[order] * a[point])  # $b_{iq} a_i$
+            slice_cols.append(lattice.offsets + start)  # (N, d+1)
+            slice_values.append(lattice.weights * (lattice.alpha * b[:, None]))
+            self.segments.append((start, lattice.num_vertices + 1))
+            start += lattice.num_vertices + 1
+            nnz += order.shape[0]
+        self.num_rows = start
+        per_row = sum(lattice.dim + 1 for lattice in lattices)
+        device = lattices[0].offsets.device
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self.splat_matrix = torch.sparse_csr_tensor(
+                torch.cat(crows), torch.cat(cols), torch.cat(splat_values),
+                size=(start, n), check_invariants=False,
+            )  # fmt: skip
+            self.slice_matrix = torch.sparse_csr_tensor(
+                torch.arange(0, n * per_row + 1, per_row, device=device),
+                torch.cat(slice_cols, 1).reshape(-1), torch.cat(slice_values, 1).reshape(-1),
+                size=(n, start), check_invariants=False,
+            )  # fmt: skip
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        """``(N, C)`` values -> ``(N, C)``: $\\sum_m b_m \\odot K_m (a_m \\odot v)$."""
+        stacked = self.splat_matrix @ values  # (sum_m (M_m + 1), C); the padding rows stay 0
+        for lattice, (start, rows) in zip(self.lattices, self.segments, strict=True):
+            lattice.blur_(stacked[start : start + rows])
+        return self.slice_matrix @ stacked
