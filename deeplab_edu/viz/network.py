@@ -129,17 +129,19 @@ def plot_fc6_decimation(kernels: Sequence[int] = (4, 3), size: int = 7) -> plt.F
 
 def plot_fields(fields: Mapping[str, int], image_size: int = 321) -> plt.Figure:
     """Squares of each network's receptive field, centred on an ``image_size`` crop."""
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
     half = max(max(fields.values()), image_size) / 2 + 10
     ax.add_patch(plt.Rectangle((-image_size / 2, -image_size / 2), image_size, image_size,
                                color="0.9", label=f"{image_size}x{image_size} crop"))  # fmt: skip
-    for (label, field), colour in zip(fields.items(), plt.cm.tab10.colors, strict=False):
+    styles = ("-", "--", ":", "-.")  # networks with the same field stay visible
+    for index, (label, field) in enumerate(fields.items()):
         ax.add_patch(plt.Rectangle((-field / 2, -field / 2), field, field, fill=False, lw=2,
-                                   color=colour, label=f"{label}: {field}"))  # fmt: skip
+                                   color=plt.cm.tab10.colors[index % 10],
+                                   ls=styles[index % 4], label=f"{label}: {field}"))  # fmt: skip
     ax.set_xlim(-half, half)
     ax.set_ylim(-half, half)
     ax.set_aspect("equal")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.set_title("receptive field of one output (pixels)", fontsize=10)
     fig.tight_layout()
     return fig
