@@ -10,7 +10,6 @@ NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
 # pytest's cache would land in the book root and break the strict build: never write it
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 export PYTHONDONTWRITEBYTECODE := 1
-export MPLBACKEND := Agg
 # every stage prints how long it took
 timed = start=$$(date +%s); $(1); echo "[time] $(2): $$(( $$(date +%s) - start ))s"
 
