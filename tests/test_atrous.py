@@ -177,3 +177,20 @@ def test_atrous_conv2d_on_cuda(cuda_device):
     torch.testing.assert_close(ours, F.conv2d(x, w, padding=3, dilation=3), rtol=1e-3, atol=1e-3)
     model = deeplab("DeepLab-LargeFOV", width=1 / 16, msc=True).to(cuda_device)
     assert model.predict(torch.randn(1, 3, 41, 41, device=cuda_device)).shape == (1, 21, 41, 41)
+
+
+def test_the_hole_algorithm_turns_vgg16_into_deeplab_rates():
+    from deeplab_edu.models import vgg16_fully_convolutional
+
+    torch.manual_seed(0)
+    vgg = vgg16_fully_convolutional(width=1 / 16).eval()
+    x = torch.randn(1, 3, 256, 256)  # fc6 needs a 7x7 pool5: 224 pixels or more
+    sequential = vgg.as_sequential()
+    with torch.no_grad():
+        torch.testing.assert_close(sequential(x), vgg(x))
+    dense = make_atrous(sequential, 8)
+    convs = [m for m in dense if isinstance(m, nn.Conv2d)]
+    assert [c.dilation[0] for c in convs[10:14]] == [2, 2, 2, 4]  # conv5_1..3, fc6
+    assert [m.stride for m in dense if isinstance(m, nn.MaxPool2d)] == [2, 2, 2, 1, 1]
+    with pytest.raises(ValueError, match="multi-scale"):
+        deeplab("DeepLab", width=1 / 16, msc=True).as_sequential()

@@ -16,7 +16,7 @@ LargeFOV adds a 3x3 stride-1 average pooling before fc6, as in its prototxt.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -299,6 +299,4 @@ def vgg16_fully_convolutional(
     Loaded with :func:`load_vgg16`, it gives torchvision's ``vgg16`` logits on a 224x224 input
     as a 1x1 score map, and a coarse score map on larger inputs.
     """
-    return DeepLab(
-        replace(VGG16_FULLY_CONVOLUTIONAL), num_classes=num_classes, width=width, msc=False
-    )
+    return DeepLab(VGG16_FULLY_CONVOLUTIONAL, num_classes=num_classes, width=width, msc=False)
