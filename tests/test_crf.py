@@ -57,6 +57,18 @@ def test_lattice_matches_exact_filtering(d, max_bound, mean_bound):
     assert lattice.num_vertices < 3000 * (d + 1)
 
 
+def test_barycentric_weights_rebuild_the_points_from_their_simplex():
+    from deeplab_edu.viz.crf import lattice_points_in_feature_space
+
+    points = torch.rand(50, 2, generator=torch.Generator().manual_seed(4)) * 6
+    lattice = PermutohedralLattice(points)
+    vertices = torch.from_numpy(lattice_points_in_feature_space(lattice.keys)).float()
+    rebuilt = (lattice.weights[:, :, None] * vertices[lattice.offsets]).sum(1)
+    assert torch.allclose(rebuilt, points, atol=1e-4)
+    assert (lattice.keys.sum(1) == 0).all()  # vertices lie on the hyperplane
+    assert (torch.remainder(lattice.keys - lattice.keys[:, :1], 3) == 0).all()  # congruent mod 3
+
+
 def test_fused_sparse_filtering_equals_the_step_by_step_lattice():
     g = torch.Generator().manual_seed(2)
     points = torch.rand(2000, 2, generator=g) * 30

@@ -1,0 +1,204 @@
+"""Figures for the two CRF chapters: mean field step by step, parameter grids, the
+permutohedral lattice in two dimensions, its accuracy and speed, and before/after examples."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from deeplab_edu.crf.permutohedral import PermutohedralLattice
+from deeplab_edu.viz.data import as_rgb, colorize
+
+
+def _numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _hwc(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    image = _numpy(image)
+    return image if image.shape[-1] == 3 else as_rgb(torch.as_tensor(image))
+
+
+def plot_label_maps(
+    image: np.ndarray | torch.Tensor,
+    maps: Mapping[str, np.ndarray | torch.Tensor],
+    *,
+    ncols: int = 4,
+    image_title: str = "image",
+) -> plt.Figure:
+    """The image followed by one panel per label map (VOC colours), titled by the dict keys.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        maps: title -> ``(H, W)`` label map (or ``(C, H, W)`` probabilities, shown as argmax).
+        ncols: panels per row.
+    """
+    panels = [(image_title, _hwc(image))]
+    for title, labels in maps.items():
+        labels = _numpy(labels)
+        labels = labels.argmax(0) if labels.ndim == 3 else labels
+        panels.append((title, colorize(labels)))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.4 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (title, picture) in zip(axes.flat, panels, strict=False):
+        ax.imshow(picture)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confidence_history(
+    history: Sequence[np.ndarray | torch.Tensor], steps: Sequence[int], label: int
+) -> plt.Figure:
+    """$Q_i(\\text{label})$ as a grey-level map after the chosen iterations."""
+    fig, axes = plt.subplots(1, len(steps), figsize=(2.4 * len(steps), 2.4), squeeze=False)
+    for ax, step in zip(axes[0], steps, strict=True):
+        ax.imshow(_numpy(history[step])[label], cmap="magma", vmin=0, vmax=1)
+        ax.set_title(f"Q(label {label}), iteration {step}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_objective(energies: Mapping[str, Sequence[float]]) -> plt.Figure:
+    """The mean-field free energy against the iteration, one line per run."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for name, values in energies.items():
+        ax.plot(range(len(values)), values, marker="o", ms=3, label=name)
+    ax.set_xlabel("mean-field iteration")
+    ax.set_ylabel("free energy F(Q)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _elevation_matrix(d: int) -> np.ndarray:
+    """The elevation $E\\,\\mathrm{diag}(s)$ (features -> hyperplane), ``(d+1, d)``."""
+    e = np.zeros((d + 1, d))
+    for k in range(d):
+        e[: k + 1, k] = 1.0
+        e[k + 1, k] = -(k + 1)
+        e[:, k] *= np.sqrt(2.0 / 3.0) * (d + 1) / np.sqrt((k + 1) * (k + 2))
+    return e
+
+
+def lattice_points_in_feature_space(keys: torch.Tensor) -> np.ndarray:
+    """Lattice vertex keys ``(M, 3)`` of a d = 2 lattice, mapped back to feature coordinates."""
+    e = _elevation_matrix(2)  # (3, 2); its columns are orthogonal with equal norms
+    return _numpy(keys).astype(np.float64) @ e / (e[:, 0] @ e[:, 0])  # (M, 2)
+
+
+def plot_lattice_2d(points: torch.Tensor, *, show_weights: bool = True) -> plt.Figure:
+    """The d = 2 permutohedral lattice under a few points: its triangles, the enclosing
+    triangle of each point with lines to its 3 vertices (width = barycentric weight), and the
+    vertices that received mass (area = splatted weight).
+
+    Args:
+        points: ``(N, 2)`` features (already divided by the bandwidth).
+    """
+    points = points.to(torch.float32)
+    lattice = PermutohedralLattice(points)
+    lo, hi = points.min(0).values - 1.5, points.max(0).values + 1.5
+    # every lattice vertex of the window: the vertices of a lattice built on a dense grid
+    grid = torch.stack(
+        torch.meshgrid(
+            torch.linspace(lo[0], hi[0], 80), torch.linspace(lo[1], hi[1], 80), indexing="ij"
+        ),
+        -1,
+    ).reshape(-1, 2)
+    everything = lattice_points_in_feature_space(PermutohedralLattice(grid).keys)
+    vertices = lattice_points_in_feature_space(lattice.keys)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    spacing = np.sort(np.linalg.norm(everything[1:] - everything[0], axis=1))[0]
+    for i, a in enumerate(everything):  # edges between nearest lattice neighbours
+        near = np.linalg.norm(everything - a, axis=1)
+        for j in np.nonzero((near > 0) & (near < 1.01 * spacing))[0]:
+            if j > i:
+                ax.plot(*zip(a, everything[j], strict=True), color="0.85", lw=0.8, zorder=1)
+    ax.scatter(*everything.T, s=6, color="0.6", zorder=2, label="lattice vertices")
+    mass = torch.zeros(lattice.num_vertices).index_add_(
+        0, lattice.offsets.reshape(-1), lattice.weights.reshape(-1)
+    )
+    ax.scatter(*vertices.T, s=120 * _numpy(mass), color="tab:orange", alpha=0.7, zorder=3,
+               label="splatted mass")  # fmt: skip
+    pts = _numpy(points)
+    if show_weights:
+        for i in range(len(pts)):
+            for q in range(3):
+                v = vertices[lattice.offsets[i, q]]
+                ax.plot(*zip(pts[i], v, strict=True), color="tab:blue",
+                        lw=3 * float(lattice.weights[i, q]), alpha=0.6, zorder=4)  # fmt: skip
+    ax.scatter(*pts.T, s=18, color="tab:blue", zorder=5, label="input points")
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_aspect("equal")
+    ax.set_xlabel("feature 1 (x / θ)")
+    ax.set_ylabel("feature 2 (y / θ)")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_filter_accuracy(results: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> plt.Figure:
+    """Exact against lattice filter outputs (normalised), one panel per dimension d.
+
+    Args:
+        results: title -> (exact values, lattice values), flat arrays of the same size.
+    """
+    fig, axes = plt.subplots(1, len(results), figsize=(3.4 * len(results), 3.2), squeeze=False)
+    for ax, (title, (exact, approx)) in zip(axes[0], results.items(), strict=True):
+        exact, approx = _numpy(exact).ravel(), _numpy(approx).ravel()
+        ax.scatter(exact, approx, s=2, alpha=0.3)
+        ends = [min(exact.min(), approx.min()), max(exact.max(), approx.max())]
+        ax.plot(ends, ends, color="k", lw=0.8)
+        ax.set_title(f"{title}: max |error| {np.abs(exact - approx).max():.3f}", fontsize=9)
+        ax.set_xlabel("exact (naive) filter")
+        ax.set_ylabel("permutohedral lattice")
+    fig.tight_layout()
+    return fig
+
+
+def plot_speed(pixels: Sequence[int], seconds: Mapping[str, Sequence[float]]) -> plt.Figure:
+    """Seconds per mean-field run against the number of pixels, log-log, one line per method."""
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for name, values in seconds.items():
+        xs = [p for p, s in zip(pixels, values, strict=True) if s is not None]
+        ys = [s for s in values if s is not None]
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("pixels N")
+    ax.set_ylabel("seconds (10 iterations)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_before_after(
+    images: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    before: Sequence[np.ndarray],
+    after: Sequence[np.ndarray],
+    *,
+    names: tuple[str, str] = ("before CRF", "after CRF"),
+) -> plt.Figure:
+    """Rows of image | ground truth | labels before the CRF | labels after it."""
+    fig, axes = plt.subplots(len(images), 4, figsize=(10, 2.5 * len(images)), squeeze=False)
+    titles = ("image", "ground truth", *names)
+    for row, panels in enumerate(zip(images, targets, before, after, strict=True)):
+        image, *labels = panels
+        pictures = [_hwc(image), *(colorize(_numpy(x)) for x in labels)]
+        for col, picture in enumerate(pictures):
+            axes[row, col].imshow(picture)
+            axes[row, col].axis("off")
+            if row == 0:
+                axes[row, col].set_title(titles[col], fontsize=9)
+    fig.tight_layout()
+    return fig
