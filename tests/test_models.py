@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from deeplab_edu.data.download import ChecksumError, file_digest, verify
 from deeplab_edu.models import (
     VARIANTS,
     deeplab,
@@ -20,9 +21,7 @@ from deeplab_edu.models import (
 from deeplab_edu.models.vgg import (
     channel_indices,
     decimation_taps,
-    sha256_of,
     torchvision_keys,
-    verify_checksum,
 )
 
 TABLE2_PARAMS = {  # millions, as printed in Table 2 (with the 21-class classifier)
@@ -198,10 +197,10 @@ def test_weight_file_checksum_is_verified(tmp_path):
     state = {"features.0.weight": torch.arange(6.0)}
     path = tmp_path / "vgg16-test.pth"
     torch.save(state, path)
-    digest = sha256_of(path)
-    verify_checksum(path, digest[:8])
-    with pytest.raises(ValueError, match="checksum mismatch"):
-        verify_checksum(path, "00000000" if not digest.startswith("0") else "ffffffff")
+    digest = file_digest(path, "sha256")
+    verify(path, digest[:8], "sha256")
+    with pytest.raises(ChecksumError, match="SHA256 is"):
+        verify(path, "00000000" if not digest.startswith("0") else "ffffffff", "sha256")
     url = "https://example.invalid/weights/vgg16-test.pth"
     loaded = vgg16_imagenet_state_dict(url=url, sha256_prefix=digest[:8], folder=tmp_path,
                                        download=False)  # fmt: skip
@@ -216,13 +215,13 @@ def test_weight_download_path_verifies_before_keeping(tmp_path):
     source = tmp_path / "source" / "vgg16-local.pth"
     source.parent.mkdir()
     torch.save({"classifier.6.bias": torch.ones(3)}, source)
-    prefix = sha256_of(source)[:8]
+    prefix = file_digest(source, "sha256")[:8]
     folder = tmp_path / "weights"
     loaded = vgg16_imagenet_state_dict(url=source.as_uri(), sha256_prefix=prefix, folder=folder)
     assert torch.equal(loaded["classifier.6.bias"], torch.ones(3))
     assert (folder / source.name).is_file()
     wrong = "0" * 8 if not prefix.startswith("0") else "f" * 8
-    with pytest.raises(ValueError, match="checksum mismatch"):
+    with pytest.raises(ChecksumError, match="expected"):
         vgg16_imagenet_state_dict(url=source.as_uri(), sha256_prefix=wrong, folder=tmp_path / "w2")
     assert not any((tmp_path / "w2").iterdir())  # nothing half-verified is left behind
 
@@ -237,7 +236,7 @@ def test_weights_already_in_the_torch_hub_cache_are_reused(tmp_path):
     try:
         loaded = vgg16_imagenet_state_dict(
             url="https://example.invalid/vgg16-cached.pth",
-            sha256_prefix=sha256_of(cached)[:8],
+            sha256_prefix=file_digest(cached, "sha256")[:8],
             folder=tmp_path / "weights",
             download=False,
         )

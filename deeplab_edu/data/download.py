@@ -54,34 +54,50 @@ class ChecksumError(ValueError):
     """A file's checksum differs from the published one."""
 
 
-def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
-    """The MD5 hex digest of a file, read in chunks."""
-    digest = hashlib.md5(usedforsecurity=False)
+def file_digest(path: str | Path, algorithm: str = "md5", chunk: int = 1 << 20) -> str:
+    """The hex digest of a file (``algorithm`` as named by :mod:`hashlib`), read in chunks."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as file:
         while block := file.read(chunk):
             digest.update(block)
     return digest.hexdigest()
 
 
-def verify(path: str | Path, md5: str) -> None:
-    """Check a file against its published MD5.
+def verify(path: str | Path, checksum: str, algorithm: str = "md5") -> None:
+    """Check a file against its published checksum.
+
+    Args:
+        path: the file.
+        checksum: the published hex digest, or its leading digits (at least 8) where only
+            those are published (torchvision names its weight files by a SHA-256 prefix).
+        algorithm: the :mod:`hashlib` name of the digest.
 
     Raises:
         FileNotFoundError: if the file is missing.
+        ValueError: if ``checksum`` has fewer than 8 hex digits.
         ChecksumError: if the digest differs (the message gives both).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"file to verify not found: {path}")
-    actual = md5sum(path)
-    if actual != md5:
+    if len(checksum) < 8:
+        raise ValueError(f"a checksum needs at least 8 hex digits, got {checksum!r}")
+    actual = file_digest(path, algorithm)
+    if not actual.startswith(checksum.lower()):
         raise ChecksumError(
-            f"{path}: MD5 is {actual}, expected {md5}: the file is incomplete or not the "
-            "published one; delete it and download it again"
+            f"{path}: {algorithm.upper()} is {actual}, expected {checksum}: the file is "
+            "incomplete or not the published one; delete it and download it again"
         )
 
 
-def download(url: str, destination: str | Path, md5: str, *, mirrors: tuple[str, ...] = ()) -> Path:
+def download(
+    url: str,
+    destination: str | Path,
+    checksum: str,
+    *,
+    algorithm: str = "md5",
+    mirrors: tuple[str, ...] = (),
+) -> Path:
     """Download ``url`` to ``destination`` unless a verified copy is already there.
 
     The bytes go to ``destination.part-<pid>``, are verified, then renamed into place (an
@@ -91,7 +107,8 @@ def download(url: str, destination: str | Path, md5: str, *, mirrors: tuple[str,
     Args:
         url: where to fetch from (``http(s)://`` or ``file://``).
         destination: the final file path.
-        md5: the expected MD5 hex digest.
+        checksum: the expected hex digest (or its published prefix, see :func:`verify`).
+        algorithm: the digest's :mod:`hashlib` name.
         mirrors: further URLs tried in order when one fails.
 
     Returns:
@@ -103,7 +120,8 @@ def download(url: str, destination: str | Path, md5: str, *, mirrors: tuple[str,
     """
     destination = Path(destination)
     if destination.is_file():
-        verify(destination, md5)  # a file someone put there by hand must be the right one
+        # a file someone put there by hand must be the right one
+        verify(destination, checksum, algorithm)
         return destination
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(f"{destination.name}.part-{os.getpid()}")
@@ -121,7 +139,7 @@ def download(url: str, destination: str | Path, md5: str, *, mirrors: tuple[str,
             errors.append(f"{source}: {error}")
             continue
         try:
-            verify(partial, md5)
+            verify(partial, checksum, algorithm)
         except ChecksumError:
             partial.unlink(missing_ok=True)
             raise
@@ -129,8 +147,9 @@ def download(url: str, destination: str | Path, md5: str, *, mirrors: tuple[str,
         return destination
     raise ConnectionError(
         f"could not download {destination.name} ({'; '.join(errors)}). The host may be down. "
-        f"Fetch the file from any mirror yourself and save it as {destination} (its MD5 must be "
-        f"{md5}); it will then be verified and used without downloading."
+        f"Fetch the file from any mirror yourself and save it as {destination} (its "
+        f"{algorithm.upper()} must start with {checksum}); it will then be verified and used "
+        "without downloading."
     )
 
 
@@ -268,7 +287,7 @@ __all__ = [
     "download",
     "download_sbd",
     "download_voc",
-    "md5sum",
+    "file_digest",
     "remove_archives",
     "prepare_voc",
     "safe_extract",

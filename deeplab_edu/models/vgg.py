@@ -16,16 +16,13 @@ a checksum, into ``runtime.data_root() / "weights"``.
 
 from __future__ import annotations
 
-import hashlib
-import shutil
-import tempfile
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from deeplab_edu import runtime
+from deeplab_edu.data.download import download as fetch
 
 if TYPE_CHECKING:
     from deeplab_edu.models.deeplab import DeepLab
@@ -167,33 +164,6 @@ def _copy(conv: torch.nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> No
     conv.bias.copy_(bias)
 
 
-def sha256_of(path: str | Path) -> str:
-    """The SHA-256 of a file, as hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_checksum(path: str | Path, sha256_prefix: str) -> None:
-    """Check that a file's SHA-256 starts with ``sha256_prefix``.
-
-    Raises:
-        FileNotFoundError: if the file does not exist.
-        ValueError: if the digest does not match (the file is corrupt or not the expected one).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no file at {path}")
-    actual = sha256_of(path)
-    if not actual.startswith(sha256_prefix.lower()):
-        raise ValueError(
-            f"checksum mismatch for {path}: expected SHA-256 starting with {sha256_prefix}, "
-            f"got {actual}. Delete the file and download it again."
-        )
-
-
 def vgg16_imagenet_state_dict(
     *,
     url: str = VGG16_URL,
@@ -220,35 +190,18 @@ def vgg16_imagenet_state_dict(
     Raises:
         FileNotFoundError: if the file is absent and ``download`` is False.
         ConnectionError: if the download fails (says where to put a copy fetched by hand).
-        ValueError: if the checksum does not match.
+        ChecksumError: if the checksum does not match (a ``ValueError``).
     """
     folder = Path(folder) if folder is not None else runtime.data_root() / "weights"
     path = folder / url.rsplit("/", 1)[-1]
     hub_copy = Path(torch.hub.get_dir()) / "checkpoints" / path.name
     if not path.is_file() and hub_copy.is_file():  # torchvision already downloaded it
         path = hub_copy
-    if not path.is_file():
-        if not download:
-            raise FileNotFoundError(
-                f"VGG-16 ImageNet weights not found at {path}; download {url} there "
-                "(or call with download=True)"
-            )
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".part", delete=False) as part:
-            try:
-                with urllib.request.urlopen(url, timeout=60) as response:
-                    shutil.copyfileobj(response, part)
-            except OSError as error:  # URLError, timeouts
-                Path(part.name).unlink(missing_ok=True)
-                raise ConnectionError(
-                    f"could not download {url} ({error}); fetch it yourself and save it as "
-                    f"{path} (SHA-256 starting with {sha256_prefix})"
-                ) from error
-        try:
-            verify_checksum(part.name, sha256_prefix)
-        except ValueError:
-            Path(part.name).unlink()
-            raise
-        Path(part.name).replace(path)
-    verify_checksum(path, sha256_prefix)
+    if not path.is_file() and not download:
+        raise FileNotFoundError(
+            f"VGG-16 ImageNet weights not found at {path}; download {url} there "
+            "(or call with download=True)"
+        )
+    # downloads to a temporary name, verifies, renames; an existing file is verified too
+    fetch(url, path, sha256_prefix, algorithm="sha256")
     return torch.load(path, map_location="cpu", weights_only=True)
