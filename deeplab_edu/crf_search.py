@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from deeplab_edu import runtime
 from deeplab_edu.crf.kernels import CRFParams

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from deeplab_edu import __version__, runtime
 from deeplab_edu.crf.kernels import CRFParams
@@ -37,7 +37,7 @@ from deeplab_edu.metrics import ConfusionMatrix, trimap_curves
 class EvalConfig:
     """How to evaluate; defaults are the paper's (LargeFOV test net, Fig. 5 band widths).
 
-    ``crf=None`` skips the CRF. Fast mode keeps the native image size and narrower bands
+    ``crf=None`` skips the CRF. Fast mode keeps the native image size and uses narrower bands
     (the generated images are about a quarter of a VOC image's side).
     """
 

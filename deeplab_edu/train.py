@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from deeplab_edu import runtime
 from deeplab_edu.checkpoint import load_checkpoint, save_checkpoint
@@ -433,7 +433,7 @@ def train(
             done = iteration + 1
             lr = learning_rate(config, iteration)
             if rank == 0:
-                record = {"iteration": done, "loss": round(value, 6), "lr": lr,
+                record = {"iteration": done, "loss": round(value, 6), "lr": float(f"{lr:.6g}"),
                           "seconds": round(time.perf_counter() - began, 3)}  # fmt: skip
                 log.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.1e}")

@@ -146,7 +146,7 @@ def test_training_is_deterministic_and_resumes_exactly(toy_train, tmp_path):
     losses = [[r["loss"] for r in read_metrics(tmp_path / d)] for d in ("a", "b")]
     assert len(losses[0]) == config.iterations and losses[0] == losses[1]
     lrs = [r["lr"] for r in read_metrics(tmp_path / "a")]
-    assert lrs == [learning_rate(config, i) for i in range(config.iterations)]
+    assert lrs == pytest.approx([learning_rate(config, i) for i in range(config.iterations)])
     again = train(config, tmp_path / "c", dataset=toy_train, progress=False)
     assert all(
         torch.equal(a, b) for a, b in zip(reference.parameters(), again.parameters(), strict=True)
