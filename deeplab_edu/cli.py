@@ -188,6 +188,8 @@ def _search(args) -> None:
 
 
 def _download(args) -> None:
+    if args.what in ("vgg16", "all") and args.root is not None:
+        raise UsageError("--root applies to voc only; set DEEPLAB_EDU_DATA for the weights")
     if args.what in ("voc", "all"):
         from deeplab_edu.data.download import prepare_voc
 
@@ -195,8 +197,6 @@ def _download(args) -> None:
     if args.what in ("vgg16", "all"):
         from deeplab_edu.models import vgg16_imagenet_state_dict
 
-        if args.root is not None:
-            raise UsageError("--root applies to voc only; set DEEPLAB_EDU_DATA for the weights")
         vgg16_imagenet_state_dict()
         print(f"VGG-16 IMAGENET1K_V1 weights in {runtime.data_root() / 'weights'}")
 

@@ -139,3 +139,24 @@ def test_download_rejects_unknown_targets(capsys):
     with pytest.raises(SystemExit):
         main(["download", "imagenet"])
     assert "invalid choice: 'imagenet'" in capsys.readouterr().err
+
+
+def test_download_dispatches_to_the_data_and_weights_code(monkeypatch, tmp_path, capsys):
+    import deeplab_edu.data.download as download
+    import deeplab_edu.models as models
+
+    calls = []
+    monkeypatch.setattr(download, "prepare_voc", lambda root: calls.append(root) or root)
+    monkeypatch.setattr(models, "vgg16_imagenet_state_dict", lambda: calls.append("vgg16"))
+    assert main(["download", "voc", "--root", str(tmp_path)]) == 0
+    assert main(["download", "vgg16"]) == 0
+    assert calls == [tmp_path, "vgg16"]
+    assert main(["download", "all", "--root", str(tmp_path)]) == 2  # refused before any download
+    assert "--root applies to voc only" in capsys.readouterr().err and len(calls) == 2
+
+    def unreachable(root):
+        raise ConnectionError("host unreachable; put VOCtrainval_11-May-2012.tar in data/")
+
+    monkeypatch.setattr(download, "prepare_voc", unreachable)
+    assert main(["download", "voc"]) == 2
+    assert "host unreachable" in capsys.readouterr().err
