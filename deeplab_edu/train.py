@@ -90,8 +90,8 @@ class TrainConfig:
         than fine-tuning, with the same x10 / x2 multipliers and step schedule.
         """
         values = dict(
-            width=0.125, init="random", dataset="toy", split="train", iterations=1000,
-            batch_size=10, lr=1e-2, lr_step=400, crop=65, checkpoint_every=100, num_workers=0,
+            width=0.125, init="random", dataset="toy", split="train", iterations=2000,
+            batch_size=10, lr=1e-2, lr_step=800, crop=97, checkpoint_every=250, num_workers=0,
         )  # fmt: skip
         values.update(changes)
         return cls(**values)
