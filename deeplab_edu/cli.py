@@ -135,6 +135,10 @@ def _train(args) -> None:
     except ValueError as error:
         raise UsageError(str(error)) from error
     train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # launched by torchrun: leave the process group cleanly
+        dist.destroy_process_group()
     print(f"trained {config.variant}: {args.out / 'checkpoint.pt'}")
 
 

@@ -235,3 +235,17 @@ def test_ddp_on_gloo_with_two_processes_keeps_replicas_in_sync(toy_dir, tmp_path
     changed = [not torch.equal(v, initial.state_dict()[k]) for k, v in states[0].items()]
     assert any(changed)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 2
+
+
+def test_torchrun_launches_the_command_line_on_two_processes(toy_dir, tmp_path):
+    """The documented multi-GPU command, with the CPU's gloo back end instead of NCCL."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--master_port", str(_free_port()), "-m", "deeplab_edu", "train", "--fast",
+               "--dataset", str(toy_dir), "--width", "0.0625", "--crop", "33", "--batch-size",
+               "2", "--iterations", "2", "--out", str(tmp_path / "run"),
+               "--no-progress"]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=environment)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [r["iteration"] for r in read_metrics(tmp_path / "run")] == [1, 2]
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["iteration"] == 2
