@@ -29,7 +29,7 @@ def plot_training_curve(records: Sequence[dict], *, window: int = 25) -> plt.Fig
         ax.plot(iterations[window - 1 :], smooth, color="tab:blue", label=f"mean of {window}")
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy (stride-8 labels)")
-    ax.legend(loc="upper center")
+    ax.legend(loc="center right")
     right = ax.twinx()
     right.step(iterations, [r["lr"] for r in records], where="post", color="tab:red")
     right.set_yscale("log")
