@@ -18,7 +18,7 @@ import argparse
 import torch
 
 from deeplab_edu import runtime
-from deeplab_edu.models import VARIANTS, deeplab, vgg16_fully_convolutional
+from deeplab_edu.models import OUTPUT_STRIDE, VARIANTS, deeplab, vgg16_fully_convolutional
 from deeplab_edu.models.cost import best_time, multiply_adds
 from deeplab_edu.models.stitch import make_atrous, shift_and_stitch
 
@@ -70,7 +70,7 @@ def main() -> None:
 
     # the same stride-8 scores two ways from VGG-16 (stride 32): 16 shifted passes vs 1 pass
     vgg = vgg16_fully_convolutional(width=args.width).to(device).eval().as_sequential()
-    atrous = make_atrous(vgg, 8)
+    atrous = make_atrous(vgg, OUTPUT_STRIDE)
     x = torch.randn(1, 3, 321, 321, device=device)
     stitch_time = best_time(lambda: shift_and_stitch(vgg, x, stride=32, factor=4), device, 1)
     atrous_time = best_time(lambda: atrous(x), device, args.repeats)

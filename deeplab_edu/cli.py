@@ -143,9 +143,8 @@ def _train(args) -> None:
 
 
 def _load(args):
-    from deeplab_edu.data.voc import VOCSegmentation
+    from deeplab_edu.data import VOCSegmentation, voc_dir
     from deeplab_edu.runs import load_trained
-    from deeplab_edu.train import voc_dir
 
     model, config = load_trained(args.checkpoint, variant=args.variant)
     return model, VOCSegmentation(voc_dir(config.dataset), args.split)

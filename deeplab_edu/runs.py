@@ -18,7 +18,8 @@ from torch import nn
 
 from deeplab_edu import runtime
 from deeplab_edu.checkpoint import load_checkpoint
-from deeplab_edu.train import TrainConfig, train, voc_dir
+from deeplab_edu.data import voc_dir
+from deeplab_edu.train import TrainConfig, train
 
 
 def load_trained(

@@ -45,10 +45,9 @@ from tqdm import tqdm
 
 from deeplab_edu import runtime
 from deeplab_edu.checkpoint import load_checkpoint, save_checkpoint
+from deeplab_edu.data import voc_dir
 from deeplab_edu.data.voc import IGNORE_INDEX, NUM_CLASSES
-
-NEW_LAYER_PREFIXES = ("fc8.", "msc.")  # the layers DeepLab adds to VGG-16 (x10 learning rate)
-OUTPUT_STRIDE = 8
+from deeplab_edu.models.deeplab import NEW_LAYER_PREFIXES, OUTPUT_STRIDE
 
 
 @dataclass
@@ -491,41 +490,9 @@ def training_set(config: TrainConfig):
     """The training split of ``config.dataset`` without transform.
 
     Raises:
-        ValueError: for an unknown data set name.
-        FileNotFoundError: (from the data module) when VOC is missing, with how to get it.
+        FileNotFoundError: (from :func:`deeplab_edu.data.voc_dir`) for an unknown data set name,
+            or when VOC is missing, with how to get it.
     """
     from deeplab_edu.data.voc import VOCSegmentation
 
     return VOCSegmentation(voc_dir(config.dataset), config.split)
-
-
-def voc_dir(name: str) -> Path:
-    """The folder of data set ``name``.
-
-    Args:
-        name: ``"toy"`` (the generated set, made on first use), ``"voc"`` (VOC 2012 where
-            :func:`deeplab_edu.data.voc_dir` says), or the path of any VOC-format folder.
-
-    Raises:
-        FileNotFoundError: for ``"voc"`` when VOC is absent (with how to get it), or for a
-            path that is not a folder.
-    """
-    from deeplab_edu import data
-
-    if name == "toy":
-        return data.ensure_toy_voc()
-    if name == "voc":
-        folder = data.voc_dir()
-        if not (folder / "JPEGImages").is_dir():
-            raise FileNotFoundError(
-                f"PASCAL VOC 2012 not found at {folder}. Get it with "
-                "`python -m deeplab_edu download voc` (VOC 2012 + SBD, about 3.4 GB), or set "
-                f"{data.VOC_ENV} to the VOC2012 folder of a copy you have; or use --fast, which "
-                "trains on the generated teaching set."
-            )
-        return folder
-    if not Path(name).is_dir():
-        raise FileNotFoundError(
-            f"data set {name!r} is neither 'toy', 'voc' nor an existing VOC-format folder"
-        )
-    return Path(name)

@@ -93,7 +93,11 @@ def test_ensure_generates_once_and_active_voc_dir(tmp_path, monkeypatch):
     # full mode without VOC: a clear error that says how to get it
     monkeypatch.setenv("DEEPLAB_EDU_FAST", "0")
     monkeypatch.delenv("DEEPLAB_EDU_VOC", raising=False)
-    with pytest.raises(FileNotFoundError, match=r"needs PASCAL VOC 2012.*prepare_voc"):
+    with pytest.raises(FileNotFoundError, match=r"PASCAL VOC 2012 not found.*prepare_voc"):
         data.active_voc_dir()
     monkeypatch.setenv("DEEPLAB_EDU_VOC", str(voc_dir))  # a local copy: any VOC-format folder
     assert data.active_voc_dir() == (data.VOC_NAME, voc_dir)
+    # one resolver for every data set name: "toy", "voc" or a VOC-format folder
+    assert data.voc_dir("voc") == voc_dir and data.voc_dir(str(voc_dir)) == voc_dir
+    with pytest.raises(FileNotFoundError, match="neither 'toy', 'voc' nor an existing"):
+        data.voc_dir(str(tmp_path / "missing"))

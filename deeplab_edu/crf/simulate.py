@@ -14,13 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from deeplab_edu.data.voc import IGNORE_INDEX, NUM_CLASSES
+from deeplab_edu.models.deeplab import OUTPUT_STRIDE
 
 
 def simulate_unaries(
     mask: np.ndarray | torch.Tensor,
     num_classes: int = NUM_CLASSES,
     *,
-    stride: int = 8,
+    stride: int = OUTPUT_STRIDE,
     blur_sigma: float = 1.0,
     noise: float = 0.1,
     confidence: float = 0.6,
@@ -38,7 +39,7 @@ def simulate_unaries(
     Args:
         mask: ``(H, W)`` integer labels in ``0..num_classes-1`` or 255 (void).
         num_classes: C.
-        stride: cell size (8 for DeepLab).
+        stride: cell size (DeepLab's ``OUTPUT_STRIDE``, 8).
         blur_sigma: standard deviation of the blur, in cells (0 for none).
         noise: fraction of cells given a random label, in [0, 1].
         confidence: weight of the simulated prediction against the uniform distribution, (0, 1].

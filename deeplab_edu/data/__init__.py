@@ -23,13 +23,49 @@ TOY_NAME = "generated teaching set (toy-voc)"
 VOC_NAME = "PASCAL VOC 2012"
 
 
-def voc_dir() -> Path:
+def _voc_location() -> Path:
     """Where full mode looks for VOC 2012: ``$DEEPLAB_EDU_VOC`` if set, else
     ``runtime.data_root() / "VOCdevkit" / "VOC2012"`` (where the download code unpacks it)."""
     raw = os.environ.get(VOC_ENV)
     if raw:
         return Path(raw).expanduser().resolve()
     return runtime.data_root() / "VOCdevkit" / "VOC2012"
+
+
+def voc_dir(name: str = "voc") -> Path:
+    """The folder of data set ``name``, in the VOC on-disk format.
+
+    Args:
+        name: ``"toy"`` (the generated teaching set, made on first use), ``"voc"`` (VOC 2012 at
+            ``$DEEPLAB_EDU_VOC`` if set, else ``runtime.data_root() / "VOCdevkit" / "VOC2012"``,
+            where the download code unpacks it), or the path of any VOC-format folder.
+
+    Returns:
+        The folder holding ``JPEGImages/``, ``SegmentationClass/`` and ``ImageSets/``.
+
+    Raises:
+        FileNotFoundError: for ``"voc"`` when VOC 2012 is absent (the message says how to get it
+            or point at a local copy), or for a path that is not a folder.
+    """
+    if name == "toy":
+        return ensure_toy_voc()
+    if name == "voc":
+        folder = _voc_location()
+        if not (folder / "JPEGImages").is_dir():
+            raise FileNotFoundError(
+                f"PASCAL VOC 2012 not found at {folder} (a folder holding JPEGImages/, "
+                "SegmentationClass/, ImageSets/). Get it with `python -m deeplab_edu download voc` "
+                "(VOC 2012 + SBD, about 3.4 GB, building the train_aug list; in Python: "
+                f"`deeplab_edu.data.download.prepare_voc()`), or set {VOC_ENV} to the VOC2012 "
+                "folder of a copy you already have; or use fast mode (--fast, or "
+                "DEEPLAB_EDU_FAST=1), which uses the generated teaching set."
+            )
+        return folder
+    if not Path(name).is_dir():
+        raise FileNotFoundError(
+            f"data set {name!r} is neither 'toy', 'voc' nor an existing VOC-format folder"
+        )
+    return Path(name)
 
 
 def active_voc_dir() -> tuple[str, Path]:
@@ -39,22 +75,12 @@ def active_voc_dir() -> tuple[str, Path]:
         ``(name, voc_dir)``, e.g. ``("generated teaching set (toy-voc)", .../toy-voc)``.
 
     Raises:
-        FileNotFoundError: in full mode when VOC 2012 is not where it is expected (the message
-            says how to get it or point at a local copy).
+        FileNotFoundError: in full mode when VOC 2012 is not where it is expected (from
+            :func:`voc_dir`, with how to get it or point at a local copy).
     """
     if runtime.fast_mode():
-        return TOY_NAME, ensure_toy_voc()
-    folder = voc_dir()
-    if not (folder / "JPEGImages").is_dir():
-        raise FileNotFoundError(
-            f"full mode (DEEPLAB_EDU_FAST=0) needs PASCAL VOC 2012 at {folder} (a folder holding "
-            "JPEGImages/, SegmentationClass/, ImageSets/). Download it (with SBD, building the "
-            "train_aug list) with `deeplab_edu.data.download.prepare_voc()`, or set "
-            "DEEPLAB_EDU_VOC to the VOC2012 "
-            "folder of a copy you already have; or run in fast mode (DEEPLAB_EDU_FAST=1), which "
-            "uses the generated teaching set."
-        )
-    return VOC_NAME, folder
+        return TOY_NAME, voc_dir("toy")
+    return VOC_NAME, voc_dir("voc")
 
 
 __all__ = [

@@ -172,7 +172,7 @@ class EvalTransform:
         return f"EvalTransform(pad_to={self.pad_to})"
 
 
-def subsample_labels(target: torch.Tensor, stride: int = 8) -> torch.Tensor:
+def subsample_labels(target: torch.Tensor, stride: int | None = None) -> torch.Tensor:
     """The ground truth at the network's output resolution, for the paper's loss.
 
     Alignment: output cell ``i`` of a stride-8 DeepLab (3x3 poolings with padding 1, "same"
@@ -184,7 +184,8 @@ def subsample_labels(target: torch.Tensor, stride: int = 8) -> torch.Tensor:
 
     Args:
         target: ``(B, H, W)`` or ``(H, W)`` integer labels.
-        stride: the output stride (8 in the paper).
+        stride: the output stride; ``None`` means DeepLab's
+            :data:`~deeplab_edu.models.OUTPUT_STRIDE` (8, the paper's).
 
     Returns:
         ``(B, (H - 1) // stride + 1, (W - 1) // stride + 1)`` (or without ``B``), same dtype.
@@ -198,6 +199,10 @@ def subsample_labels(target: torch.Tensor, stride: int = 8) -> torch.Tensor:
         raise TypeError(f"expected an integer label tensor, got {got}")
     if target.ndim not in (2, 3):
         raise ValueError(f"expected labels (B, H, W) or (H, W), got {tuple(target.shape)}")
+    if stride is None:  # imported here: the models package imports the data package
+        from deeplab_edu.models.deeplab import OUTPUT_STRIDE
+
+        stride = OUTPUT_STRIDE
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be a positive int, got {stride!r}")
     return target[..., ::stride, ::stride].contiguous()  # (B, h, w): the cell centres

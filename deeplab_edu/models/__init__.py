@@ -9,6 +9,8 @@
 
 from deeplab_edu.models.atrous import atrous_conv1d, atrous_conv2d, im2col_atrous
 from deeplab_edu.models.deeplab import (
+    NEW_LAYER_PREFIXES,
+    OUTPUT_STRIDE,
     VARIANTS,
     DeepLab,
     MultiScaleHead,
@@ -26,6 +28,8 @@ from deeplab_edu.models.vgg import (
 )
 
 __all__ = [
+    "NEW_LAYER_PREFIXES",
+    "OUTPUT_STRIDE",
     "VARIANTS",
     "VGG16_CFG",
     "DeepLab",

@@ -25,6 +25,9 @@ from torch import nn
 from deeplab_edu.models.field import Layer
 from deeplab_edu.models.vgg import FC_CHANNELS, IMAGENET_CLASSES, VGG16_CFG, layer_names
 
+OUTPUT_STRIDE = 8  # the paper's output stride: one score every 8 input pixels (section 3.1)
+NEW_LAYER_PREFIXES = ("fc8.", "msc.")  # the layers DeepLab adds to VGG-16 (x10 learning rate)
+
 _MAX_S2 = Layer("max", kernel=3, stride=2, padding=1)
 _MAX_S1 = Layer("max", kernel=3, stride=1, padding=1)
 _DEEPLAB_POOLS = (_MAX_S2, _MAX_S2, _MAX_S2, _MAX_S1, _MAX_S1)
@@ -238,7 +241,7 @@ class DeepLab(nn.Module):
             x: normalised images, (B, 3, H, W).
 
         Returns:
-            Class scores (B, num_classes, h, w), h = ceil(H / 8) for aligned sizes.
+            Class scores (B, num_classes, h, w), h = ceil(H / OUTPUT_STRIDE) for aligned sizes.
 
         Raises:
             ValueError: if ``x`` is not a float (B, 3, H, W) tensor.

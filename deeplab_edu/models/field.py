@@ -120,7 +120,7 @@ def output_size(layers: Iterable[Layer], size: int) -> int:
 
 
 def paper_field_of_view(
-    kernel: int, rate: int, *, stride: int = 8, original_stride: int = 32
+    kernel: int, rate: int, *, stride: int | None = None, original_stride: int = 32
 ) -> int:
     """The field of view the paper prints in Table 2 for an fc6 of ``kernel`` taps at ``rate``.
 
@@ -128,6 +128,12 @@ def paper_field_of_view(
     the dilated kernel covers ``rate (kernel - 1) stride / original_stride + 1`` cells.
     (7x7, rate 4) -> 224, (4x4, 4) -> 128, (4x4, 8) -> 224, (3x3, 12) -> 224. It ignores the
     field already gathered below fc6, so it is smaller than :func:`receptive_field`.
+    ``stride`` is fc6's input stride, by default DeepLab's
+    :data:`~deeplab_edu.models.OUTPUT_STRIDE` (8).
     """
+    if stride is None:  # imported here: the network's module imports this one
+        from deeplab_edu.models.deeplab import OUTPUT_STRIDE
+
+        stride = OUTPUT_STRIDE
     span = rate * (kernel - 1) * stride  # input pixels between fc6's first and last taps
     return span + original_stride

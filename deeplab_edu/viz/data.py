@@ -12,6 +12,7 @@ import torch
 from deeplab_edu.data.transforms import denormalize, subsample_labels
 from deeplab_edu.data.voc import CLASSES, IGNORE_INDEX, PALETTE
 from deeplab_edu.metrics import trimap_band
+from deeplab_edu.models.deeplab import OUTPUT_STRIDE
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
@@ -127,7 +128,7 @@ def plot_void_band(
 
 
 def plot_training_crops(
-    crops: Sequence[tuple[torch.Tensor, torch.Tensor]], stride: int = 8
+    crops: Sequence[tuple[torch.Tensor, torch.Tensor]], stride: int = OUTPUT_STRIDE
 ) -> plt.Figure:
     """Training crops with the labels the loss sees: each ground-truth label subsampled by
     ``stride`` is drawn as a dot at the centre of its output cell (pixel ``stride * i``);
