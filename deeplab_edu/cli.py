@@ -41,7 +41,7 @@ def _add_train(sub) -> None:
     from deeplab_edu.train import TrainConfig
 
     full, fast = TrainConfig(), TrainConfig.fast()
-    p = sub.add_parser("train", help="train a DeepLab network (paper section 4)",
+    p = sub.add_parser("train", help="train a DeepLab network (paper sections 3.1 and 5)",
                        description="Train with the paper's recipe. Several GPUs: "
                        "torchrun --nproc_per_node=N -m deeplab_edu train ...")  # fmt: skip
     _mode_flags(p)

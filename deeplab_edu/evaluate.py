@@ -1,6 +1,6 @@
 """Evaluation: full-image inference, the CRF on every image, VOC scores and the trimap curves.
 
-For each image (PAPER.md sections 3-5): normalise, pad to 513 x 513 (or keep the native size),
+For each image (paper sections 3-5): normalise, pad to 513 x 513 (or keep the native size),
 run the network, upsample its stride-8 scores bilinearly to the input size, crop the padding
 away, take the softmax, and score the argmax ("DCNN"). The same probabilities are then the
 unaries of the fully connected CRF (10 mean-field iterations), whose argmax is scored too

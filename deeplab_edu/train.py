@@ -1,4 +1,4 @@
-"""Training DeepLab: the paper's recipe (Section 4 of PAPER.md), one loop for CPU, GPU and DDP.
+"""Training DeepLab: the paper's recipe (paper sections 3.1 and 5), one loop for CPU, GPU and DDP.
 
 The recipe, as :class:`TrainConfig` defaults:
 

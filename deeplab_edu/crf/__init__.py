@@ -1,4 +1,4 @@
-"""The fully connected CRF of DeepLab (paper section 5): kernels, exact filtering, the
+"""The fully connected CRF of DeepLab (paper section 4.2): kernels, exact filtering, the
 permutohedral lattice, mean-field inference and the pydensecrf reference."""
 
 from deeplab_edu.crf.kernels import (

@@ -1,4 +1,4 @@
-"""The two Gaussian kernels of the fully connected CRF (paper section 5), defined once.
+"""The two Gaussian kernels of the fully connected CRF (paper section 4.2), defined once.
 
 The pairwise potential of DeepLab's CRF is
 
@@ -26,7 +26,7 @@ import torch
 class CRFParams:
     """The CRF's five parameters. Defaults: the DeepLab-LargeFOV values (w1, theta_alpha,
     theta_beta) = (4, 121, 5) used by reimplementations of the released model, with the paper's
-    fixed w2 = 3, theta_gamma = 3 (PAPER.md section 5; the paper does not print its choice)."""
+    fixed w2 = 3, theta_gamma = 3 (paper section 5; the paper does not print its choice)."""
 
     w1: float = 4.0  # weight of the appearance (bilateral) kernel
     theta_alpha: float = 121.0  # its spatial bandwidth, in pixels

@@ -295,7 +295,7 @@ def dense_crf(
     normalization: str = "symmetric",
     exclude_self: bool = False,
 ) -> torch.Tensor:
-    """Refine class probabilities with DeepLab's fully connected CRF (paper section 5).
+    """Refine class probabilities with DeepLab's fully connected CRF (paper section 4.2).
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB image (numpy array or tensor), or ``(B, H, W, 3)``.

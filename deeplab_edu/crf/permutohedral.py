@@ -1,7 +1,7 @@
 """The permutohedral lattice (Adams, Baek & Davis, Eurographics 2010) in pure PyTorch.
 
 Gaussian filtering $v_i' = \\sum_j \\exp(-\\frac12\\|f_i - f_j\\|^2)\\, v_j$ of N points in d
-dimensions, approximated in O(N d^2) time instead of O(N^2) (PAPER.md section 6):
+dimensions, approximated in O(N d^2) time instead of O(N^2) (Adams, Baek and Davis, 2010):
 
 1. **Elevate** each feature onto the hyperplane $\\{x \\in \\mathbb{R}^{d+1}: \\sum_k x_k = 0\\}$,
    scaled so that the lattice's blur has the right width.

@@ -199,7 +199,7 @@ def train_aug_ids(
     return sorted((set(sbd_train) | set(sbd_val) | set(voc_train)) - set(voc_val))
 
 
-TRAIN_AUG_SIZE = 10_582  # paper, section 4: the number of augmented training images
+TRAIN_AUG_SIZE = 10_582  # paper, section 5: the number of augmented training images
 
 
 def _read_list(path: Path, what: str) -> list[str]:
