@@ -7,6 +7,20 @@ Run: ``.venv/bin/python benchmarks/bench_crf.py`` (add ``--runs 9`` for more rep
    ours (CPU) and of pydensecrf, interleaved in this one process, and their ratio.
 2. Where our time goes: lattice sizes, build time, time per filtering.
 3. The exact (naive) method at 64x64 and 128x128: time and kernel memory.
+
+Goal: ratio <= 1.0 (stretch <= 0.5). Measured on a quiet 2-core machine: pydensecrf 0.572 s,
+ours 0.412 s with two threads (0.72) and 0.710 s with one (1.24). Under load two threads can
+be slower than one, so both are printed.
+
+What was tried, profiling first (from about 2.4 s to 0.41 s):
+- splat and slice as sparse matrix products instead of scattered index additions: ~4x there;
+- both kernels folded into one splat and one slice;
+- one 64-bit integer code per lattice vertex and a single sort, instead of per-coordinate keys
+  and ``unique``: the d = 5 build from ~0.45 s to ~0.11 s;
+- the rank computed with a loop over the d + 1 coordinates (4x faster than a comparison matrix);
+- neighbour look-ups on one side only, the other side by the inverse map; 32-bit sparse indices;
+- tried and dropped: numbering vertices by first appearance (no gain), sparse matrices for the
+  blur (slower than indexing).
 """
 
 from __future__ import annotations
