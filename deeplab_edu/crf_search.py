@@ -25,6 +25,7 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -38,7 +39,7 @@ from deeplab_edu.metrics import ConfusionMatrix
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(runtime.ModeConfig):
     """The search; defaults are the paper's ranges (full mode, VOC images of about 500 px).
 
     Fast mode scales the spatial bandwidth theta_alpha with the image side (the generated
@@ -55,20 +56,11 @@ class SearchConfig:
     refine_rounds: int = 1
     pad_to: int | None = 513
 
-    @classmethod
-    def fast(cls, **changes) -> SearchConfig:
-        """theta_alpha scaled by 1/4 (the range 50..100 becomes 12.5..25, its two ends),
-        theta_beta every 3 units of 3..9, 8 images, native size."""
-        values = dict(
-            theta_alpha=(12.5, 25.0), theta_beta=(3.0, 6.0, 9.0), num_images=8, pad_to=None,
-        )  # fmt: skip
-        values.update(changes)
-        return cls(**values)
-
-    @classmethod
-    def for_mode(cls, **changes) -> SearchConfig:
-        """:meth:`fast` in fast mode, the paper's defaults otherwise."""
-        return cls.fast(**changes) if runtime.fast_mode() else cls(**changes)
+    # fast mode: theta_alpha scaled by 1/4 (the range 50..100 becomes 12.5..25, its two ends),
+    # theta_beta every 3 units of 3..9, 8 images, native size
+    FAST: ClassVar[dict] = dict(
+        theta_alpha=(12.5, 25.0), theta_beta=(3.0, 6.0, 9.0), num_images=8, pad_to=None,
+    )  # fmt: skip
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""

@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ from deeplab_edu.metrics import ConfusionMatrix, trimap_curves
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(runtime.ModeConfig):
     """How to evaluate; defaults are the paper's (LargeFOV test net, Fig. 5 band widths).
 
     ``crf=None`` skips the CRF. Fast mode keeps the native image size and uses narrower bands
@@ -47,17 +48,8 @@ class EvalConfig:
     trimap_widths: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 35, 40)
     max_images: int | None = None
 
-    @classmethod
-    def fast(cls, **changes) -> EvalConfig:
-        """Native size, bands up to 20 px."""
-        values = dict(pad_to=None, trimap_widths=(1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20))
-        values.update(changes)
-        return cls(**values)
-
-    @classmethod
-    def for_mode(cls, **changes) -> EvalConfig:
-        """:meth:`fast` in fast mode, the paper's defaults otherwise."""
-        return cls.fast(**changes) if runtime.fast_mode() else cls(**changes)
+    # fast mode: native size, bands up to 20 px
+    FAST: ClassVar[dict] = dict(pad_to=None, trimap_widths=(1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20))
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)

@@ -19,6 +19,7 @@ import functools
 import os
 import random
 from pathlib import Path
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
@@ -89,6 +90,27 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)  # noqa: NPY002 (the legacy global stream readers may use)
     torch.manual_seed(seed)  # also seeds every CUDA device
     return torch.Generator().manual_seed(seed)
+
+
+class ModeConfig:
+    """Base of the run configurations (a dataclass whose defaults are the paper's).
+
+    A subclass lists in ``FAST`` the values fast mode changes; :meth:`fast` applies them and
+    :meth:`for_mode` picks fast or paper values from :func:`fast_mode`. Only values differ
+    between the two, never the code that runs.
+    """
+
+    FAST: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def fast(cls, **changes: Any) -> Self:
+        """The laptop-CPU configuration: ``FAST`` over the paper's defaults, then ``changes``."""
+        return cls(**{**cls.FAST, **changes})
+
+    @classmethod
+    def for_mode(cls, **changes: Any) -> Self:
+        """:meth:`fast` in fast mode, the paper's defaults otherwise."""
+        return cls.fast(**changes) if fast_mode() else cls(**changes)
 
 
 def describe(dataset: str) -> str:

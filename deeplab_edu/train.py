@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ from deeplab_edu.models.deeplab import NEW_LAYER_PREFIXES, OUTPUT_STRIDE
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(runtime.ModeConfig):
     """Everything that defines a training run; defaults are the paper's (full mode).
 
     Fast mode (:meth:`fast`) changes values only: the generated data set, small crops, a narrow
@@ -80,25 +81,13 @@ class TrainConfig:
     checkpoint_every: int = 500
     num_workers: int = 2
 
-    @classmethod
-    def fast(cls, **changes) -> TrainConfig:
-        """The laptop-CPU variant: same code, smaller numbers.
-
-        The backbone is randomly initialised (ImageNet weights exist only for the full width),
-        so we train from scratch on the generated set; that needs a 10x higher learning rate
-        than fine-tuning, with the same x10 / x2 multipliers and step schedule.
-        """
-        values = dict(
-            width=0.125, init="random", dataset="toy", split="train", iterations=2000,
-            batch_size=10, lr=1e-2, lr_step=800, crop=97, checkpoint_every=250, num_workers=0,
-        )  # fmt: skip
-        values.update(changes)
-        return cls(**values)
-
-    @classmethod
-    def for_mode(cls, **changes) -> TrainConfig:
-        """:meth:`fast` in fast mode, the paper's defaults otherwise."""
-        return cls.fast(**changes) if runtime.fast_mode() else cls(**changes)
+    # Fast mode (values only): the backbone is randomly initialised (ImageNet weights exist
+    # only at full width), so we train from scratch on the generated set; that needs a 10x
+    # higher learning rate than fine-tuning, with the same x10 / x2 multipliers and schedule.
+    FAST: ClassVar[dict] = dict(
+        width=0.125, init="random", dataset="toy", split="train", iterations=2000,
+        batch_size=10, lr=1e-2, lr_step=800, crop=97, checkpoint_every=250, num_workers=0,
+    )  # fmt: skip
 
     def to_dict(self) -> dict:
         """Plain values only (safe to store in a ``weights_only`` checkpoint and in JSON)."""

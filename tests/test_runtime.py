@@ -79,3 +79,20 @@ def test_describe_states_version_mode_device_and_data(monkeypatch: pytest.Monkey
     assert deeplab_edu.__version__ in line
     assert "mode: fast" in line and f"device: {runtime.device()}" in line
     assert "generated teaching set" in line
+
+
+def test_mode_config_changes_values_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Config(runtime.ModeConfig):
+        FAST = {"size": 64}
+        size: int = 321
+        seed: int = 0
+
+    assert Config().size == 321 and Config.fast().size == 64
+    assert Config.fast(size=9, seed=1) == Config(size=9, seed=1)  # explicit changes win
+    monkeypatch.setenv("DEEPLAB_EDU_FAST", "1")
+    assert Config.for_mode(seed=2) == Config(size=64, seed=2)
+    monkeypatch.setenv("DEEPLAB_EDU_FAST", "0")
+    assert Config.for_mode() == Config()
