@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from deeplab_edu import runtime
+from deeplab_edu.crf.kernels import NORMALIZATIONS, CRFParams
 from deeplab_edu.models import VARIANTS
 
 
@@ -47,7 +48,10 @@ def _add_train(sub) -> None:
     _mode_flags(p)
     p.add_argument("--variant", choices=VARIANTS, help=_both("variant", full, fast))
     p.add_argument("--width", type=float, help=_both("width", full, fast))
-    p.add_argument("--msc", action="store_true", default=None, help="add the multi-scale head")
+    p.add_argument("--msc", action="store_true", default=None,
+                   help="DeepLab-MSc, the paper's second stage: add the multi-scale branches to "
+                   "the network of --init (a trained DeepLab's checkpoint.pt) and train only "
+                   "them")  # fmt: skip
     p.add_argument("--init", help=_both("init", full, fast) + " or a checkpoint file")
     p.add_argument("--dataset", help=_both("dataset", full, fast) + " or a VOC-format folder")
     p.add_argument("--split", help=_both("split", full, fast))
@@ -69,8 +73,16 @@ def _eval_options(p, full, fast) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _crf_options(p, params) -> None:
+    """One option per CRFParams field except the searched ones' grids (see _add_search)."""
+    for name, value in params.to_dict().items():
+        kind = type(value)
+        extra = {"choices": NORMALIZATIONS} if name == "normalization" else {}
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, **extra,
+                       help=f"CRF {name} (default: {value})")  # fmt: skip
+
+
 def _add_evaluate(sub) -> None:
-    from deeplab_edu.crf.kernels import CRFParams
     from deeplab_edu.evaluate import EvalConfig
 
     full, fast = EvalConfig(), EvalConfig.fast()
@@ -78,9 +90,10 @@ def _add_evaluate(sub) -> None:
     _eval_options(p, full, fast)
     p.add_argument("--max-images", type=int, help="score only the first N images")
     p.add_argument("--no-crf", action="store_true", help="skip the CRF")
-    for name, value in dataclasses.asdict(CRFParams()).items():
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=value,
-                       help=f"CRF {name} (default: {value})")  # fmt: skip
+    p.add_argument("--crf-from", type=Path,
+                   help="the JSON written by crf-search: use the parameters it chose, and score "
+                   "the images it did not tune on separately too")  # fmt: skip
+    _crf_options(p, CRFParams())
     p.add_argument("--out", type=Path, required=True, help="the results JSON to write")
 
 
@@ -91,12 +104,20 @@ def _add_search(sub) -> None:
     p = sub.add_parser("crf-search", help="cross-validate w1, theta_alpha, theta_beta")
     _eval_options(p, full, fast)
     p.add_argument("--num-images", type=int, help=_both("num_images", full, fast))
+    p.add_argument("--seed", type=int, help="which images tune the CRF (drawn at random): "
+                   + _both("seed", full, fast))  # fmt: skip
     for name in ("w1", "theta_alpha", "theta_beta"):
         p.add_argument("--" + name.replace("_", "-"), type=float, nargs="+",
                        help="coarse grid: " + _both(name, full, fast))  # fmt: skip
-    p.add_argument("--refine-rounds", type=int, help=_both("refine_rounds", full, fast))
-    p.add_argument("--out", type=Path, required=True,
-                   help="JSON of the trials; an existing one is resumed")  # fmt: skip
+    p.add_argument("--normalization", choices=NORMALIZATIONS,
+                   help=_both("normalization", full, fast))  # fmt: skip
+    p.add_argument("--max-recentres", type=int, help=_both("max_recentres", full, fast))
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="JSON of the trials and the best parameters (resumed if it exists)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,21 +176,33 @@ def _pad(args, default):
 
 
 def _evaluate(args) -> None:
-    from deeplab_edu.crf.kernels import CRFParams
+    from deeplab_edu.crf_search import load_best
     from deeplab_edu.evaluate import EvalConfig, evaluate, write_results
 
     base = EvalConfig.fast() if _fast(args) else EvalConfig()
-    crf = None if args.no_crf else CRFParams(
-        **{name: getattr(args, name) for name in dataclasses.asdict(CRFParams())}
-    )  # fmt: skip
+    crf, tuned_on = (CRFParams(), None) if args.crf_from is None else load_best(args.crf_from)
+    changes = {k: v for k, v in vars(args).items() if k in crf.to_dict() and v is not None}
+    crf = None if args.no_crf else dataclasses.replace(crf, **changes)
     config = dataclasses.replace(base, crf=crf, pad_to=_pad(args, base.pad_to),
                                  max_images=args.max_images)  # fmt: skip
     model, dataset = _load(args)
-    result = evaluate(model, dataset, config, progress=not args.no_progress)
-    result.summary["checkpoint"] = str(args.checkpoint)
-    write_results(result.summary, args.out)
-    scores = ", ".join(f"{k} {100 * v:.2f}" for k, v in result.summary["miou"].items())
-    print(f"mean IoU (%) on {result.summary['images']} images: {scores}; wrote {args.out}")
+    held_out = None
+    if tuned_on is not None:
+        tuned = set(tuned_on)
+        held_out = [index for index in range(len(dataset)) if index not in tuned]
+    result = evaluate(model, dataset, config, held_out=held_out, progress=not args.no_progress)
+    summary = result.summary
+    summary["checkpoint"] = str(args.checkpoint)
+    if args.crf_from is not None:
+        summary["crf_from"] = str(args.crf_from)
+    write_results(summary, args.out)
+    scores = ", ".join(f"{k} {100 * v:.2f}" for k, v in summary["miou"].items())
+    print(f"mean IoU (%) on all {summary['images']} images: {scores}")
+    if held_out is not None:
+        part = summary["held_out"]
+        scores = ", ".join(f"{k} {100 * v:.2f}" for k, v in part["miou"].items())
+        print(f"mean IoU (%) on the {part['images']} images not used to tune the CRF: {scores}")
+    print(f"wrote {args.out}")
 
 
 def _search(args) -> None:
@@ -178,16 +211,18 @@ def _search(args) -> None:
     base = SearchConfig.fast() if _fast(args) else SearchConfig()
     changes = {name: tuple(getattr(args, name)) for name in ("w1", "theta_alpha", "theta_beta")
                if getattr(args, name) is not None}  # fmt: skip
-    if args.num_images is not None:
-        changes["num_images"] = args.num_images
-    if args.refine_rounds is not None:
-        changes["refine_rounds"] = args.refine_rounds
+    for name in ("num_images", "seed", "normalization", "max_recentres"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
     config = dataclasses.replace(base, pad_to=_pad(args, base.pad_to), **changes)
     config.validate()
     model, dataset = _load(args)
     result = search(model, dataset, config, state_path=args.out, progress=not args.no_progress)
+    for note in result.notes:
+        print(f"note: {note}")
     print(f"best {result.best} mean IoU {100 * result.best_miou:.2f} "
-          f"(without CRF {100 * result.dcnn_miou:.2f}); trials in {args.out}")  # fmt: skip
+          f"(without CRF {100 * result.dcnn_miou:.2f}) on {len(result.images)} images; "
+          f"trials in {args.out}")  # fmt: skip
 
 
 def _download(args) -> None:

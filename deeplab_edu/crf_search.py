@@ -5,16 +5,22 @@ are fixed too, and (w1, theta_alpha, theta_beta) are chosen by the mean IoU they
 images (the paper: 100 val images), starting from w1 in [5, 10], theta_alpha in 50:10:100 and
 theta_beta in 3:1:10, then refining around the best point.
 
-Our reading of the coarse-to-fine search (the paper gives only the starting ranges):
+As the authors' released MATLAB scripts run it (the paper gives only the starting ranges):
 
-1. **coarse**: every combination of the starting values (w1 in {5, 10}: the interval's ends);
-2. **fine**: from the best point so far, each parameter in turn moved half a coarse step up
-   and down with the others fixed (6 points), repeated ``refine_rounds`` times with the step
-   halved again. (A full 3 x 3 x 3 neighbourhood would cost 26 trials per round instead.)
+1. **tuning images**: ``num_images`` images of the val set drawn at random with a fixed seed
+   (VOC's sorted list would make the first 100 all from 2007);
+2. **coarse**: every combination of the starting values (w1 in {5, 10}: the interval's ends);
+3. **fine**: a full 3 x 3 x 3 grid centred on the coarse optimum, with half the coarse steps
+   (the authors' fine grid, w1 3:2:5 x theta_alpha 80:5:100 x theta_beta {3, 5, 7}, is of this
+   kind);
+4. **recentring**: if the best point lies on an edge of that grid, the grid moves there and the
+   search goes on (at most ``max_recentres`` times), so an optimum outside the first ranges,
+   such as the released theta_alpha = 121, can be reached. Each move is reported.
 
 The network runs once per image (its probabilities are kept); each trial is one CRF per image.
 Every trial is appended to a JSON file as soon as it is scored, so an interrupted search
-resumes where it stopped.
+resumes where it stopped; the finished file also holds the best parameters, which
+``evaluate --crf-from`` reads.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -32,7 +39,8 @@ from torch import nn
 from tqdm import tqdm
 
 from deeplab_edu import runtime
-from deeplab_edu.crf.kernels import CRFParams
+from deeplab_edu.crf import dense_crf
+from deeplab_edu.crf.kernels import NORMALIZATIONS, CRFParams
 from deeplab_edu.data.voc import NUM_CLASSES
 from deeplab_edu.evaluate import predict_probs, write_results
 from deeplab_edu.metrics import ConfusionMatrix
@@ -51,9 +59,11 @@ class SearchConfig(runtime.ModeConfig):
     theta_beta: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
     w2: float = 3.0
     theta_gamma: float = 3.0
-    num_images: int = 100
     iterations: int = 10
-    refine_rounds: int = 1
+    normalization: str = "after"  # the authors' dense-CRF code (see CRFParams)
+    num_images: int = 100
+    seed: int = 0  # which val images tune the CRF (drawn at random, seeded)
+    max_recentres: int = 4
     pad_to: int | None = 513
 
     # fast mode: theta_alpha scaled by 1/4 (the range 50..100 becomes 12.5..25, its two ends),
@@ -68,11 +78,24 @@ class SearchConfig(runtime.ModeConfig):
             values = getattr(self, name)
             if not values or min(values) <= 0:
                 raise ValueError(f"{name} needs at least one positive value, got {values}")
-        if self.num_images < 1 or self.iterations < 1 or self.refine_rounds < 0:
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"{name} values must be finite, got {values}")
+        if self.num_images < 1 or self.iterations < 1 or self.max_recentres < 0:
             raise ValueError(
-                "num_images and iterations must be >= 1 and refine_rounds >= 0, got "
-                f"{self.num_images}, {self.iterations}, {self.refine_rounds}"
+                "num_images and iterations must be >= 1 and max_recentres >= 0, got "
+                f"{self.num_images}, {self.iterations}, {self.max_recentres}"
             )
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"
+            )
+        self.params(self.w1[0], self.theta_alpha[0], self.theta_beta[0])  # w2, theta_gamma
+
+    def params(self, w1: float, theta_alpha: float, theta_beta: float) -> CRFParams:
+        """The CRF of one trial: the searched values with this search's fixed ones."""
+        return CRFParams(w1=w1, theta_alpha=theta_alpha, theta_beta=theta_beta, w2=self.w2,
+                         theta_gamma=self.theta_gamma, iterations=self.iterations,
+                         normalization=self.normalization)  # fmt: skip
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
@@ -82,12 +105,15 @@ class SearchConfig(runtime.ModeConfig):
 @dataclass
 class SearchResult:
     """All scored trials (dicts with w1, theta_alpha, theta_beta, stage, miou), the best
-    parameters, and the mean IoU without the CRF on the same images."""
+    parameters, the mean IoU without the CRF on the same images, the indices of the tuning
+    images in the data set, and what the search had to say (grid moves, edges)."""
 
     trials: list[dict]
     best: CRFParams
     best_miou: float
     dcnn_miou: float
+    images: list[int]
+    notes: list[str]
 
 
 def state_file(run_folder: str | Path, config: SearchConfig) -> Path:
@@ -96,11 +122,25 @@ def state_file(run_folder: str | Path, config: SearchConfig) -> Path:
     return Path(run_folder) / f"crf_search-{key[:12]}.json"
 
 
-def holdout(dataset, num_tune: int):
+def tuning_indices(count: int, num_tune: int, seed: int = 0) -> list[int]:
+    """The images that tune the CRF: ``num_tune`` of ``count`` drawn at random (seeded), sorted.
+
+    Raises:
+        ValueError: unless ``1 <= num_tune <= count``.
+    """
+    if not 0 < num_tune <= count:
+        raise ValueError(
+            f"num_tune must be between 1 and {count} for {count} images, got {num_tune}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(count, generator=generator)[:num_tune].tolist())
+
+
+def holdout(dataset, num_tune: int, *, seed: int = 0):
     """Split a data set into the images used to choose the CRF and the images to report on.
 
     Returns:
-        ``(tune, test)``: the first ``num_tune`` images and the rest, as ``Subset``s.
+        ``(tune, test)`` as ``Subset``s: :func:`tuning_indices` and the rest, in order.
 
     Raises:
         ValueError: if ``num_tune`` does not leave at least one image on each side.
@@ -110,30 +150,39 @@ def holdout(dataset, num_tune: int):
             f"num_tune must be between 1 and {len(dataset) - 1} for {len(dataset)} images, "
             f"got {num_tune}"
         )
+    tune = tuning_indices(len(dataset), num_tune, seed)
+    chosen = set(tune)
+    test = [index for index in range(len(dataset)) if index not in chosen]
     subset = torch.utils.data.Subset
-    return subset(dataset, range(num_tune)), subset(dataset, range(num_tune, len(dataset)))
+    return subset(dataset, tune), subset(dataset, test)
 
 
-def _grid(config: SearchConfig) -> list[tuple[float, float, float]]:
-    return list(itertools.product(config.w1, config.theta_alpha, config.theta_beta))
-
-
-def _neighbours(best: tuple[float, float, float], steps: tuple[float, float, float]):
-    """The points one ``step`` away from ``best`` along each axis (positive values only)."""
-    points = []
-    for axis, step in enumerate(steps):
-        for sign in (-1, 1):
-            point = list(best)
-            point[axis] = best[axis] + sign * step
-            if point[axis] > 0:
-                points.append(tuple(point))
-    return points
+Point = tuple[float, float, float]  # (w1, theta_alpha, theta_beta)
+AXES = ("w1", "theta_alpha", "theta_beta")
 
 
 def _step(values: tuple[float, ...]) -> float:
     if len(values) == 1:
         return values[0] / 2
     return (max(values) - min(values)) / (len(values) - 1)
+
+
+def _fine_grid(centre: Point, steps: Point) -> list[Point]:
+    """The 3 x 3 x 3 grid around ``centre`` (positive values only), centre first."""
+    axes = [
+        [round(c + k * s, 6) for k in (0, -1, 1) if c + k * s > 0]
+        for c, s in zip(centre, steps, strict=True)
+    ]
+    return list(itertools.product(*axes))
+
+
+def _edges(best: Point, centre: Point, steps: Point) -> list[str]:
+    """The axes along which ``best`` sits on an edge of the grid around ``centre``."""
+    return [
+        f"{name}={b:g} on the {'upper' if b > c else 'lower'} edge"
+        for name, b, c, s in zip(AXES, best, centre, steps, strict=True)
+        if abs(b - c) > s / 2
+    ]
 
 
 def search(
@@ -144,14 +193,16 @@ def search(
     state_path: str | Path | None = None,
     progress: bool = True,
 ) -> SearchResult:
-    """Cross-validate (w1, theta_alpha, theta_beta) on the first ``config.num_images`` images.
+    """Cross-validate (w1, theta_alpha, theta_beta) on ``config.num_images`` images of
+    ``dataset`` drawn at random (:func:`tuning_indices`; all of them if it has no more).
 
     Args:
         model: the trained network (fixed).
         dataset: held-out images, ``(uint8 (3, H, W), int64 (H, W))`` pairs.
         config: see :class:`SearchConfig`; default :meth:`SearchConfig.for_mode`.
         state_path: a JSON file of the trials so far; resumed from when it exists and was
-            written for the same search configuration.
+            written for the same search configuration. At the end it also holds ``best``
+            (a :class:`CRFParams` as a dict), ``images`` and ``notes``.
         progress: show a progress bar.
 
     Returns:
@@ -160,22 +211,20 @@ def search(
     Raises:
         ValueError: if ``state_path`` holds a search with another configuration.
     """
-    from deeplab_edu.crf import dense_crf
-
     config = config or SearchConfig.for_mode()
     config.validate()
-    count = min(config.num_images, len(dataset))
+    images = tuning_indices(len(dataset), min(config.num_images, len(dataset)), config.seed)
     device = next(model.parameters()).device
-    state = {"config": config.to_dict(), "trials": []}
+    state = {"config": config.to_dict(), "images": images, "trials": []}
     if state_path is not None and Path(state_path).is_file():
         saved = json.loads(Path(state_path).read_text())
-        if saved["config"] != state["config"]:
+        if (saved.get("config"), saved.get("images")) != (state["config"], images):
             raise ValueError(f"{state_path} holds a search with another configuration")
-        state = saved
+        state["trials"] = saved["trials"]
     done = {(t["w1"], t["theta_alpha"], t["theta_beta"]): t for t in state["trials"]}
     cache = []  # (uint8 image (H, W, 3), probs (C, H, W) float16 on the CPU, target (H, W))
     model.eval()
-    for index in range(count):
+    for index in images:
         image, target = dataset[index]
         probs = predict_probs(model, image, pad_to=config.pad_to, device=device)
         cache.append((image.permute(1, 2, 0).contiguous(), probs.half().cpu(), target))
@@ -183,43 +232,73 @@ def search(
     for _, probs, target in cache:
         baseline.update(probs.float().argmax(0), target)
 
-    def score(point: tuple[float, float, float], stage: str) -> dict:
+    def score(point: Point, stage: str) -> dict:
         if point in done:
             return done[point]
-        w1, theta_alpha, theta_beta = point
-        params = CRFParams(w1=w1, theta_alpha=theta_alpha, theta_beta=theta_beta,
-                           w2=config.w2, theta_gamma=config.theta_gamma)  # fmt: skip
+        params = config.params(*point)
         matrix = ConfusionMatrix(NUM_CLASSES)
         for image, probs, target in cache:
-            q = dense_crf(image, probs.to(device).float(), **dataclasses.asdict(params),
-                          iterations=config.iterations)  # fmt: skip
+            q = dense_crf(image, probs.to(device).float(), params)
             matrix.update(q.argmax(0).cpu(), target)
-        trial = {"w1": w1, "theta_alpha": theta_alpha, "theta_beta": theta_beta,
-                 "stage": stage, "miou": matrix.miou()}  # fmt: skip
+        trial = {**dict(zip(AXES, point, strict=True)), "stage": stage, "miou": matrix.miou()}
         state["trials"].append(trial)
         done[point] = trial
         if state_path is not None:
             write_results(state, state_path)
         return trial
 
-    points = _grid(config)
-    steps = (_step(config.w1), _step(config.theta_alpha), _step(config.theta_beta))
-    bar = tqdm(total=len(points), desc="CRF search", disable=not progress, dynamic_ncols=True)
-    visited = []  # this search's trials in order (ties go to the earliest: deterministic)
-    for point in points:
-        visited.append(score(point, "coarse"))
-        bar.update(1)
-    for round_ in range(config.refine_rounds):
-        steps = tuple(s / 2 for s in steps)
-        best = max(visited, key=lambda t: t["miou"])
-        fine = _neighbours((best["w1"], best["theta_alpha"], best["theta_beta"]), steps)
-        bar.total += len(fine)
-        for point in fine:
-            visited.append(score(point, f"fine {round_ + 1}"))
+    bar = tqdm(desc="CRF search", disable=not progress, dynamic_ncols=True)
+    visited: list[dict] = []  # this search's trials in order (ties go to the earliest)
+
+    def run(points: list[Point], stage: str) -> dict:
+        bar.total = (bar.total or 0) + len(points)
+        for point in points:
+            visited.append(score(point, stage))
             bar.update(1)
+        best = max(visited, key=lambda t: t["miou"])
+        return best
+
+    def as_point(trial: dict) -> Point:
+        return tuple(trial[name] for name in AXES)
+
+    best = run(list(itertools.product(config.w1, config.theta_alpha, config.theta_beta)),
+               "coarse")  # fmt: skip
+    steps = tuple(_step(getattr(config, name)) / 2 for name in AXES)
+    notes = []
+    for move in range(config.max_recentres + 1):
+        centre = as_point(best)
+        best = run(_fine_grid(centre, steps), "fine" if move == 0 else f"fine, recentred {move}")
+        edges = _edges(as_point(best), centre, steps)
+        if not edges:
+            break
+        if move == config.max_recentres:
+            notes.append(
+                f"the best point is still on the grid's edge ({', '.join(edges)}) "
+                f"after {move} recentrings: widen the ranges or raise max_recentres"
+            )
+        else:
+            notes.append(f"fine grid {move + 1}: {', '.join(edges)}; recentred there")
     bar.close()
-    best = max(visited, key=lambda t: t["miou"])
-    params = CRFParams(w1=best["w1"], theta_alpha=best["theta_alpha"],
-                       theta_beta=best["theta_beta"], w2=config.w2,
-                       theta_gamma=config.theta_gamma)  # fmt: skip
-    return SearchResult(list(state["trials"]), params, best["miou"], baseline.miou())
+    params = config.params(*as_point(best))
+    state.update(best=params.to_dict(), best_miou=best["miou"], dcnn_miou=baseline.miou(),
+                 notes=notes)  # fmt: skip
+    if state_path is not None:
+        write_results(state, state_path)
+    return SearchResult(list(state["trials"]), params, best["miou"], baseline.miou(), images, notes)
+
+
+def load_best(path: str | Path) -> tuple[CRFParams, list[int]]:
+    """The parameters a finished search chose, and its tuning images, from its JSON file.
+
+    Raises:
+        ValueError: if the file is not a finished search (no ``best``).
+    """
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not the JSON file of a CRF search ({error})") from error
+    if not isinstance(saved, dict) or "best" not in saved:
+        raise ValueError(
+            f"{path} is not a finished CRF search (no 'best' entry): run crf-search to the end"
+        )
+    return CRFParams(**saved["best"]), list(saved.get("images", []))

@@ -1,11 +1,12 @@
 """Evaluation: full-image inference, the CRF on every image, VOC scores and the trimap curves.
 
 For each image (paper sections 3-5): normalise, pad to 513 x 513 (or keep the native size),
-run the network, upsample its stride-8 scores bilinearly to the input size, crop the padding
-away, take the softmax, and score the argmax ("DCNN"). The same probabilities are then the
-unaries of the fully connected CRF (10 mean-field iterations), whose argmax is scored too
-("DCNN + CRF"). Both go into confusion matrices (mean IoU, per-class IoU, pixel accuracy) and
-into the boundary-band ("trimap") curves of the paper's Fig. 5.
+run the network, upsample its stride-8 scores bilinearly to the input size (cell ``i`` on pixel
+``8 i``: :func:`~deeplab_edu.models.upsample_scores`), crop the padding away, take the softmax,
+and score the argmax ("DCNN"). The same probabilities are then the unaries of the fully
+connected CRF (10 mean-field iterations), whose argmax is scored too ("DCNN + CRF"). Both go
+into confusion matrices (mean IoU, per-class IoU, pixel accuracy) and into the boundary-band
+("trimap") curves of the paper's Fig. 5.
 
 The CRF runs on the device of the probabilities: on a GPU with our permutohedral lattice, on
 the CPU otherwise (PyTorch already spreads each filtering step over the CPU's cores).
@@ -19,6 +20,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -28,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from deeplab_edu import __version__, runtime
-from deeplab_edu.crf.kernels import CRFParams
+from deeplab_edu.crf import CRFParams, dense_crf
 from deeplab_edu.data.transforms import EvalTransform
 from deeplab_edu.data.voc import CLASSES, NUM_CLASSES
 from deeplab_edu.metrics import ConfusionMatrix, trimap_curves
@@ -38,13 +40,13 @@ from deeplab_edu.metrics import ConfusionMatrix, trimap_curves
 class EvalConfig(runtime.ModeConfig):
     """How to evaluate; defaults are the paper's (LargeFOV test net, Fig. 5 band widths).
 
-    ``crf=None`` skips the CRF. Fast mode keeps the native image size and uses narrower bands
+    ``crf=None`` skips the CRF; its :class:`~deeplab_edu.crf.CRFParams` carry the iterations
+    and the normalisation too. Fast mode keeps the native image size and uses narrower bands
     (the generated images are about a quarter of a VOC image's side).
     """
 
     pad_to: int | None = 513
     crf: CRFParams | None = field(default_factory=CRFParams)
-    crf_iterations: int = 10
     trimap_widths: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 35, 40)
     max_images: int | None = None
 
@@ -52,7 +54,7 @@ class EvalConfig(runtime.ModeConfig):
     FAST: ClassVar[dict] = dict(pad_to=None, trimap_widths=(1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20))
 
     def to_dict(self) -> dict:
-        values = dataclasses.asdict(self)
+        values = dataclasses.asdict(self)  # (crf becomes CRFParams.to_dict())
         values["trimap_widths"] = list(self.trimap_widths)
         return values
 
@@ -60,6 +62,9 @@ class EvalConfig(runtime.ModeConfig):
 @dataclass
 class Evaluation:
     """What :func:`evaluate` returns: the JSON-ready ``summary`` and the per-image labels.
+
+    With ``held_out`` given to :func:`evaluate`, ``summary["held_out"]`` holds the mean IoU
+    and pixel accuracy of those images alone (the images the CRF was not tuned on).
 
     ``targets``, ``dcnn`` and ``crf`` are lists of ``(H, W)`` uint8 label maps (``crf`` empty
     when the CRF was skipped), kept for figures such as the trimap curves and examples.
@@ -98,6 +103,7 @@ def evaluate(
     dataset,
     config: EvalConfig | None = None,
     *,
+    held_out: Sequence[int] | None = None,
     progress: bool = True,
 ) -> Evaluation:
     """Score ``model`` on ``dataset`` without and (unless ``config.crf`` is None) with the CRF.
@@ -106,6 +112,8 @@ def evaluate(
         model: a trained DeepLab network (put in eval mode here).
         dataset: yields ``(uint8 image (3, H, W), int64 target (H, W))`` (no transform).
         config: see :class:`EvalConfig`; default :meth:`EvalConfig.for_mode`.
+        held_out: indices of the images not used to tune the CRF, scored a second time on
+            their own (``summary["held_out"]``); the paper reports on all of val.
         progress: show a progress bar.
 
     Returns:
@@ -123,6 +131,8 @@ def evaluate(
     device = next(model.parameters()).device
     model.eval()
     matrices = {"dcnn": ConfusionMatrix(NUM_CLASSES), "crf": ConfusionMatrix(NUM_CLASSES)}
+    held = {m: ConfusionMatrix(NUM_CLASSES) for m in matrices}
+    held_set = set(held_out) if held_out is not None else set()
     labels: dict[str, list[torch.Tensor]] = {"target": [], "dcnn": [], "crf": []}
     seconds = {"network": 0.0, "crf": 0.0}
     for index in tqdm(range(count), desc="evaluate", disable=not progress, dynamic_ncols=True):
@@ -133,16 +143,17 @@ def evaluate(
         labels["target"].append(target.to(torch.uint8))
         labels["dcnn"].append(probs.argmax(0).to(torch.uint8).cpu())
         matrices["dcnn"].update(labels["dcnn"][-1], target)
+        if index in held_set:
+            held["dcnn"].update(labels["dcnn"][-1], target)
         if config.crf is not None:
-            from deeplab_edu.crf import dense_crf
-
             began = _now(device)
             rgb = image.permute(1, 2, 0).contiguous()  # (H, W, 3) uint8
-            q = dense_crf(rgb, probs, **dataclasses.asdict(config.crf),
-                          iterations=config.crf_iterations)  # fmt: skip
+            q = dense_crf(rgb, probs, config.crf)  # (C, H, W)
             seconds["crf"] += _now(device) - began
             labels["crf"].append(q.argmax(0).to(torch.uint8).cpu())
             matrices["crf"].update(labels["crf"][-1], target)
+            if index in held_set:
+                held["crf"].update(labels["crf"][-1], target)
     methods = ["dcnn", "crf"] if config.crf is not None else ["dcnn"]
     summary = {
         "images": count,
@@ -154,6 +165,12 @@ def evaluate(
         "seconds_per_image": {m: seconds["network" if m == "dcnn" else m] / count for m in methods},
         "environment": environment(),
     }
+    if held_out is not None:
+        summary["held_out"] = {
+            "images": len(held_set & set(range(count))),
+            "miou": {m: held[m].miou() for m in methods},
+            "pixel_accuracy": {m: held[m].pixel_accuracy() for m in methods},
+        }
     return Evaluation(summary, labels["target"], labels["dcnn"], labels["crf"])
 
 

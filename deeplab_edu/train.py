@@ -48,7 +48,7 @@ from deeplab_edu import runtime
 from deeplab_edu.checkpoint import load_checkpoint, save_checkpoint
 from deeplab_edu.data import voc_dir
 from deeplab_edu.data.voc import IGNORE_INDEX, NUM_CLASSES
-from deeplab_edu.models.deeplab import NEW_LAYER_PREFIXES, OUTPUT_STRIDE
+from deeplab_edu.models.deeplab import MSC_PREFIX, NEW_LAYER_PREFIXES, OUTPUT_STRIDE
 
 
 @dataclass
@@ -61,7 +61,7 @@ class TrainConfig(runtime.ModeConfig):
 
     variant: str = "DeepLab-LargeFOV"
     width: float = 1.0  # channel multiplier (1.0 = VGG-16's widths)
-    msc: bool = False
+    msc: bool = False  # DeepLab-MSc: a second stage on a trained DeepLab (init = its checkpoint)
     init: str = "imagenet"  # "imagenet" (VGG-16 IMAGENET1K_V1), "random", or a checkpoint path
     dataset: str = "voc"  # "voc" (VOC 2012 + SBD), "toy" (generated) or a VOC-format folder
     split: str = "train_aug"
@@ -126,6 +126,12 @@ class TrainConfig(runtime.ModeConfig):
             raise ValueError(
                 f"init must be 'imagenet', 'random' or an existing checkpoint file, "
                 f"got {self.init!r}"
+            )
+        if self.msc and self.init in ("imagenet", "random"):
+            raise ValueError(
+                "DeepLab-MSc is the paper's second stage (section 4.3): it adds the multi-scale "
+                "branches to a DeepLab already trained on the data and trains only them; pass "
+                f"init=<that run's checkpoint.pt> (--init), got init={self.init!r}"
             )
 
 
@@ -298,14 +304,22 @@ def build_model(config: TrainConfig, *, vgg_state_dict: dict | None = None) -> n
         )
     elif config.init != "random":
         _load_stage_one(model, config)
-    if config.msc:  # the paper trains only the new MSc weights on top of a trained DeepLab
+    if config.msc:  # section 4.3: "we only adjust the newly added weights"
         for name, parameter in model.named_parameters():
-            parameter.requires_grad_(name.startswith(NEW_LAYER_PREFIXES))
+            parameter.requires_grad_(name.startswith(MSC_PREFIX))
     return model
 
 
 def _load_stage_one(model: nn.Module, config: TrainConfig) -> None:
-    """Initialise from a trained DeepLab checkpoint (the MSc variant's starting point)."""
+    """Initialise from a trained DeepLab checkpoint: every weight it has is loaded.
+
+    For DeepLab-MSc the checkpoint may hold the stage-one network without the multi-scale head;
+    the head then keeps its initialisation (branches He normal, their classifier N(0, 0.001)),
+    so the network starts from the stage-one predictions.
+
+    Raises:
+        ValueError: for another variant or width, or weights that do not fit.
+    """
     state = load_checkpoint(config.init)
     saved = state["config"]
     if (saved["variant"], saved["width"]) != (config.variant, config.width):
@@ -313,8 +327,12 @@ def _load_stage_one(model: nn.Module, config: TrainConfig) -> None:
             f"{config.init} holds a {saved['variant']!r} network of width {saved['width']}, "
             f"but this run trains {config.variant!r} of width {config.width}"
         )
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    if unexpected or any(not name.startswith(NEW_LAYER_PREFIXES) for name in missing):
+    try:
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    except RuntimeError as error:  # a tensor of another shape (e.g. another number of classes)
+        raise ValueError(f"{config.init} does not fit this network: {error}") from error
+    allowed = MSC_PREFIX if config.msc and not saved.get("msc") else ()
+    if unexpected or any(not name.startswith(allowed) for name in missing):
         raise ValueError(f"{config.init} does not fit: missing {missing}, unexpected {unexpected}")
 
 

@@ -105,27 +105,30 @@ def test_evaluate_writes_results_and_checks_the_variant(run, tmp_path, capsys):
     summary = json.loads(out.read_text())
     assert summary["images"] == 2 and set(summary["miou"]) == {"dcnn", "crf"}
     assert summary["config"]["crf"]["theta_alpha"] == 20.0
-    assert "mean IoU (%) on 2 images" in capsys.readouterr().out
+    assert "mean IoU (%) on all 2 images" in capsys.readouterr().out
     assert main(["evaluate", "--checkpoint", checkpoint, "--out", str(out),
                  "--variant", "DeepLab-7x7"]) == 2  # fmt: skip
     assert "holds a 'DeepLab-LargeFOV' checkpoint" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(out)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", checkpoint, "--out", str(out), "--w1", "-1"]) == 2
-    assert "w1 must be a non-negative kernel weight" in capsys.readouterr().err
+    assert "w1 must be a non-negative, finite kernel weight" in capsys.readouterr().err
 
 
 def test_crf_search_runs_and_resumes(run, tmp_path, capsys):
     out = tmp_path / "search.json"
     args = ["crf-search", "--fast", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(out),
-            "--w1", "5", "--theta-alpha", "10", "--theta-beta", "3", "5", "--refine-rounds", "0",
-            "--no-progress", "--num-images", "1"]  # fmt: skip
+            "--w1", "5", "--theta-alpha", "10", "--theta-beta", "3", "5", "--max-recentres", "0",
+            "--normalization", "symmetric", "--no-progress", "--num-images", "1"]  # fmt: skip
     assert main(args) == 0
-    trials = json.loads(out.read_text())["trials"]
-    assert [(t["w1"], t["theta_alpha"], t["theta_beta"]) for t in trials] == [
+    saved = json.loads(out.read_text())
+    trials = saved["trials"]
+    assert [(t["w1"], t["theta_alpha"], t["theta_beta"]) for t in trials[:2]] == [
         (5, 10, 3),
         (5, 10, 5),
     ]
+    assert {t["stage"] for t in trials} == {"coarse", "fine"} and len(trials) <= 2 + 26
+    assert saved["best"]["normalization"] == "symmetric" and len(saved["images"]) == 1
     assert "best CRFParams(" in capsys.readouterr().out
     assert main(args) == 0  # resumed: nothing left to do, same trials
     assert json.loads(out.read_text())["trials"] == trials
@@ -133,6 +136,41 @@ def test_crf_search_runs_and_resumes(run, tmp_path, capsys):
     assert "another configuration" in capsys.readouterr().err
     assert main([*args[:-1], "0"]) == 2
     assert "num_images and iterations must be >= 1" in capsys.readouterr().err
+
+
+def test_msc_trains_as_a_second_stage_from_a_checkpoint(run, toy_dir, tmp_path, capsys):
+    stage_two = ["train", *TINY, "--dataset", str(toy_dir), "--iterations", "2", "--msc"]
+    assert main([*stage_two, "--out", str(tmp_path / "a")]) == 2
+    assert "DeepLab-MSc is the paper's second stage" in capsys.readouterr().err
+    init = str(run / "checkpoint.pt")
+    assert main([*stage_two, "--init", init, "--out", str(tmp_path / "msc")]) == 0
+    assert (tmp_path / "msc" / "checkpoint.pt").is_file()
+    wider = ["train", *TINY, "--width", "0.125", "--msc", "--init", init]
+    assert main([*wider, "--dataset", str(toy_dir), "--out", str(tmp_path / "b")]) == 2
+    assert "width" in capsys.readouterr().err
+
+
+def test_evaluate_takes_the_parameters_the_search_chose(run, tmp_path, capsys):
+    checkpoint = str(run / "checkpoint.pt")
+    search_json, results = tmp_path / "crf.json", tmp_path / "results.json"
+    assert main(["crf-search", "--fast", "--checkpoint", checkpoint, "--out", str(search_json),
+                 "--w1", "5", "--theta-alpha", "10", "--theta-beta", "3", "--num-images", "1",
+                 "--max-recentres", "0", "--no-progress"]) == 0  # fmt: skip
+    chosen = json.loads(search_json.read_text())
+    capsys.readouterr()
+    assert main(["evaluate", "--fast", "--checkpoint", checkpoint, "--crf-from", str(search_json),
+                 "--out", str(results), "--no-progress"]) == 0  # fmt: skip
+    summary = json.loads(results.read_text())
+    assert summary["config"]["crf"] == chosen["best"]
+    assert summary["held_out"]["images"] == summary["images"] - 1
+    assert "not used to tune the CRF" in capsys.readouterr().out
+    assert main(["evaluate", "--fast", "--checkpoint", checkpoint, "--crf-from", checkpoint,
+                 "--out", str(results)]) == 2  # fmt: skip
+    unfinished = tmp_path / "unfinished.json"
+    unfinished.write_text(json.dumps({"config": {}, "trials": []}))
+    assert main(["evaluate", "--fast", "--checkpoint", checkpoint, "--crf-from", str(unfinished),
+                 "--out", str(results)]) == 2  # fmt: skip
+    assert "not a finished CRF search" in capsys.readouterr().err
 
 
 def test_download_rejects_unknown_targets(capsys):

@@ -15,6 +15,7 @@ from deeplab_edu.models import (
     output_size,
     output_stride,
     receptive_field,
+    upsample_scores,
     vgg16_fully_convolutional,
     vgg16_imagenet_state_dict,
 )
@@ -184,13 +185,41 @@ def test_bad_names_and_inputs():
         model(torch.zeros(1, 3, 17, 17, dtype=torch.uint8))
 
 
-def test_predict_is_aligned_with_the_score_grid():
+ALIGNMENT_SIZES = [(65, 65), (97, 128), (128, 128), (129, 200), (321, 321), (375, 500),
+                   (500, 333), (9, 16), (17, 10)]  # fmt: skip
+
+
+@pytest.mark.parametrize("size", ALIGNMENT_SIZES)
+def test_upsampling_puts_every_cell_on_its_pixel(size):
+    height, width = size
+    h, w = (height - 1) // 8 + 1, (width - 1) // 8 + 1
+    scores = torch.randn(2, 3, h, w, dtype=torch.float64)
+    up = upsample_scores(scores, size)
+    assert up.shape == (2, 3, height, width)
+    torch.testing.assert_close(up[..., ::8, ::8], scores, rtol=0, atol=1e-12)
+    # between two centres the scores change linearly; beyond the last centre they stay put
+    i = min(h - 2, 3)
+    if i >= 0:
+        t = torch.arange(9, dtype=torch.float64) / 8
+        expected = (1 - t) * scores[0, 0, i, 0] + t * scores[0, 0, i + 1, 0]
+        torch.testing.assert_close(up[0, 0, 8 * i : 8 * i + 9, 0], expected)
+    tail = up[..., 8 * (h - 1) :, :]
+    torch.testing.assert_close(tail, up[..., 8 * (h - 1) : 8 * (h - 1) + 1, :].expand_as(tail))
+    with pytest.raises(ValueError, match="stride-8 scores"):
+        upsample_scores(scores[..., 1:, :], size)
+
+
+@pytest.mark.parametrize("size", [(41, 41), (40, 57), (33, 48)])
+def test_predict_is_aligned_with_the_score_grid(size):
     torch.manual_seed(0)
     model = deeplab("DeepLab-LargeFOV", width=SMALL).eval()
-    x = torch.randn(1, 3, 41, 41)  # 8 k + 1: cell i is centred on pixel 8 i
+    x = torch.randn(1, 3, *size)
     with torch.no_grad():
         scores, upsampled = model(x), model.predict(x)
+    assert upsampled.shape[-2:] == size
     torch.testing.assert_close(upsampled[:, :, ::8, ::8], scores)
+    with pytest.raises(ValueError, match="stride-8"):
+        vgg16_fully_convolutional(width=SMALL).predict(x)
 
 
 def test_weight_file_checksum_is_verified(tmp_path):

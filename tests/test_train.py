@@ -223,6 +223,36 @@ def _ddp_worker(rank: int, world: int, port: int, toy_dir: str, out: str) -> Non
     dist.destroy_process_group()
 
 
+def test_msc_is_a_second_stage_that_trains_only_the_new_branches(toy_train, tmp_path):
+    stage_one = train(tiny(iterations=2), tmp_path / "one", dataset=toy_train, progress=False)
+    init = str(tmp_path / "one" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="second stage"):
+        tiny(msc=True).validate()
+    config = tiny(msc=True, init=init, iterations=3, lr=0.5)  # a large step: changes show
+    model = build_model(config)
+    before = stage_one.state_dict()
+    for name, value in model.state_dict().items():  # every stage-one weight is loaded
+        if not name.startswith("msc."):
+            assert torch.equal(value, before[name]), name
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.named_parameters() if n.startswith("msc.")
+    }
+    assert model.msc.classifier.weight.std().item() == pytest.approx(1e-3, rel=0.2)
+    # with the new classifier at zero, DeepLab-MSc predicts exactly what stage one did
+    x = torch.randn(1, 3, 41, 45)
+    with torch.no_grad():
+        model.msc.classifier.weight.zero_()
+        torch.testing.assert_close(model.eval().predict(x), stage_one.eval().predict(x),
+                                   rtol=0, atol=0)  # fmt: skip
+    trained = train(config, tmp_path / "two", dataset=toy_train, progress=False)
+    after = trained.state_dict()
+    for name, value in after.items():
+        if name.startswith("msc."):
+            assert not torch.equal(value, model.state_dict()[name]) or "bias" in name, name
+        else:  # the backbone, fc6, fc7 and the stage-one classifier fc8 are untouched
+            assert torch.equal(value, before[name]), name
+
+
 def test_ddp_on_gloo_with_two_processes_keeps_replicas_in_sync(toy_dir, tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(toy_dir), str(tmp_path)), nprocs=2)
     states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]

@@ -2,6 +2,7 @@
 permutohedral lattice, mean-field inference and the pydensecrf reference."""
 
 from deeplab_edu.crf.kernels import (
+    NORMALIZATIONS,
     CRFParams,
     appearance_features,
     gaussian_kernel,
@@ -9,7 +10,6 @@ from deeplab_edu.crf.kernels import (
 )
 from deeplab_edu.crf.meanfield import (
     METHODS,
-    NORMALIZATIONS,
     MeanFieldResult,
     dense_crf,
     mean_field,

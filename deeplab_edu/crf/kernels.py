@@ -17,32 +17,61 @@ the permutohedral lattice, whose approximation is not symmetric under permuting 
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 
+NORMALIZATIONS = ("after", "symmetric", "none")  # see deeplab_edu.crf.meanfield
+
 
 @dataclass(frozen=True)
 class CRFParams:
-    """The CRF's five parameters. Defaults: the DeepLab-LargeFOV values (w1, theta_alpha,
-    theta_beta) = (4, 121, 5) used by reimplementations of the released model, with the paper's
-    fixed w2 = 3, theta_gamma = 3 (paper section 5; the paper does not print its choice)."""
+    """Everything that defines DeepLab's CRF for one image: the five kernel parameters, the
+    number of mean-field iterations and the kernel normalisation. One object carries them from
+    the search's JSON to evaluation and the chapters.
+
+    Defaults: (w1, theta_alpha, theta_beta) = (4, 121, 5), the DeepLab-LargeFOV values of the
+    authors' released scripts (the paper does not print its choice), with the paper's fixed
+    w2 = 3, theta_gamma = 3 and 10 iterations (section 4.2), and the authors' "after"
+    normalisation (the 2011 dense-CRF code DeepLab used; pydensecrf defaults to "symmetric").
+    """
 
     w1: float = 4.0  # weight of the appearance (bilateral) kernel
     theta_alpha: float = 121.0  # its spatial bandwidth, in pixels
     theta_beta: float = 5.0  # its colour bandwidth, in RGB units (0..255)
     w2: float = 3.0  # weight of the smoothness kernel (fixed by the paper)
     theta_gamma: float = 3.0  # its spatial bandwidth, in pixels (fixed by the paper)
+    iterations: int = 10  # mean-field iterations (10 in all of the paper's experiments)
+    normalization: str = "after"  # one of NORMALIZATIONS
 
     def __post_init__(self) -> None:
         for name in ("theta_alpha", "theta_beta", "theta_gamma"):
             value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"{name} must be a positive bandwidth, got {value!r}")
+            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive, finite bandwidth, got {value!r}")
         for name in ("w1", "w2"):
             value = getattr(self, name)
-            if not value >= 0:
-                raise ValueError(f"{name} must be a non-negative kernel weight, got {value!r}")
+            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
+                raise ValueError(
+                    f"{name} must be a non-negative, finite kernel weight, got {value!r}"
+                )
+        if (
+            isinstance(self.iterations, bool)
+            or not isinstance(self.iterations, int)
+            or (self.iterations < 0)
+        ):
+            raise ValueError(f"iterations must be a non-negative int, got {self.iterations!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"
+            )
+
+    def to_dict(self) -> dict:
+        """Plain values for JSON (the inverse is ``CRFParams(**values)``)."""
+        return dataclasses.asdict(self)
 
 
 def pixel_positions(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -21,20 +21,24 @@ $j = i$ in the sum; ``exclude_self=True`` removes it ($k(f_i, f_i) = 1$ before n
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from deeplab_edu.crf.kernels import CRFParams, appearance_features, smoothness_features
+from deeplab_edu.crf.kernels import (
+    CRFParams,
+    appearance_features,
+    smoothness_features,
+)
 from deeplab_edu.crf.naive import NaiveFilter
 from deeplab_edu.crf.permutohedral import LatticeSum, PermutohedralLattice
 
 METHODS = ("permutohedral", "naive", "pydensecrf")
-NORMALIZATIONS = ("symmetric", "after", "none")
 PROB_CLIP = 1e-5  # probabilities are clipped to [1e-5, 1] before -log, as pydensecrf does
-_DEFAULT = CRFParams()
 
 
 @dataclass
@@ -211,17 +215,12 @@ def check_inputs(image: torch.Tensor, probs: torch.Tensor) -> None:
 def mean_field(
     image: np.ndarray | torch.Tensor,
     probs: torch.Tensor,
+    params: CRFParams | None = None,
     *,
-    w1: float = _DEFAULT.w1,
-    theta_alpha: float = _DEFAULT.theta_alpha,
-    theta_beta: float = _DEFAULT.theta_beta,
-    w2: float = _DEFAULT.w2,
-    theta_gamma: float = _DEFAULT.theta_gamma,
-    iterations: int = 10,
     method: str = "permutohedral",
-    normalization: str = "symmetric",
     exclude_self: bool = False,
     track: bool = False,
+    **changes: Any,
 ) -> MeanFieldResult:
     """Mean-field inference for one image, optionally keeping every Q and the free energy.
 
@@ -239,13 +238,9 @@ def mean_field(
     Raises:
         ValueError, TypeError: see :func:`dense_crf`.
     """
-    params = CRFParams(w1, theta_alpha, theta_beta, w2, theta_gamma)
+    params = _params(params, changes)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    if not isinstance(iterations, int) or iterations < 0:
-        raise ValueError(f"iterations must be a non-negative int, got {iterations!r}")
     image_t = _as_image_tensor(image, probs.device if isinstance(probs, torch.Tensor) else "cpu")
     check_inputs(image_t, probs)
     c, h, w = probs.shape
@@ -254,8 +249,7 @@ def mean_field(
 
         if track or exclude_self:
             raise ValueError("method='pydensecrf' supports neither track nor exclude_self")
-        q = reference_dense_crf(image_t.cpu().numpy(), probs.detach().cpu().numpy(), params,
-                                iterations=iterations, normalization=normalization)  # fmt: skip
+        q = reference_dense_crf(image_t.cpu().numpy(), probs.detach().cpu().numpy(), params)
         return MeanFieldResult(torch.from_numpy(q).to(probs.device, probs.dtype))
 
     device = probs.device
@@ -264,11 +258,13 @@ def mean_field(
         smoothness_features(h, w, params.theta_gamma, device),  # (N, 2)
     )
     filters = [NaiveFilter(f) if method == "naive" else PermutohedralLattice(f) for f in features]
-    message_fn = PairwiseMessage(filters, (params.w1, params.w2), normalization, exclude_self)
+    message_fn = PairwiseMessage(
+        filters, (params.w1, params.w2), params.normalization, exclude_self
+    )
     # unary: $\theta_i(l) = -\log P_i(l)$, probabilities clipped to [1e-5, 1]
     unary = -torch.log(probs.detach().to(torch.float32).clamp(PROB_CLIP, 1.0))  # (C, H, W)
     unary = unary.reshape(c, h * w).T.contiguous()  # (N, C)
-    q, history, energies = iterate(unary, message_fn, iterations, track)
+    q, history, energies = iterate(unary, message_fn, params.iterations, track)
     if track:  # the constant $\frac12 \sum_{ij} \sum_m w_m \tilde k^{(m)}_{ij}$ of the energy
         constant = 0.5 * message_fn(torch.ones(h * w, 1, device=device)).sum()
         energies = [energy + constant for energy in energies]
@@ -281,19 +277,29 @@ def mean_field(
     )
 
 
+def _params(params: CRFParams | None, changes: dict[str, Any]) -> CRFParams:
+    """``params`` (default :class:`CRFParams`) with the keyword ``changes`` applied.
+
+    Raises:
+        TypeError: for a keyword that is not a :class:`CRFParams` field.
+    """
+    if params is not None and not isinstance(params, CRFParams):
+        raise TypeError(f"params must be a CRFParams, got {type(params).__name__}")
+    known = {f.name for f in dataclasses.fields(CRFParams)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise TypeError(f"unknown CRF parameters {unknown}; expected some of {sorted(known)}")
+    return dataclasses.replace(params or CRFParams(), **changes)
+
+
 def dense_crf(
     image: np.ndarray | torch.Tensor,
     probs: torch.Tensor,
+    params: CRFParams | None = None,
     *,
-    w1: float = _DEFAULT.w1,
-    theta_alpha: float = _DEFAULT.theta_alpha,
-    theta_beta: float = _DEFAULT.theta_beta,
-    w2: float = _DEFAULT.w2,
-    theta_gamma: float = _DEFAULT.theta_gamma,
-    iterations: int = 10,
     method: str = "permutohedral",
-    normalization: str = "symmetric",
     exclude_self: bool = False,
+    **changes: Any,
 ) -> torch.Tensor:
     """Refine class probabilities with DeepLab's fully connected CRF (paper section 4.2).
 
@@ -301,32 +307,33 @@ def dense_crf(
         image: ``(H, W, 3)`` uint8 RGB image (numpy array or tensor), or ``(B, H, W, 3)``.
         probs: ``(C, H, W)`` float probabilities (summing to 1 over C), or ``(B, C, H, W)``;
             on any device.
-        w1, theta_alpha, theta_beta: appearance kernel weight and bandwidths (pixels, RGB).
-        w2, theta_gamma: smoothness kernel weight and bandwidth (pixels).
-        iterations: mean-field iterations (10 in all of the paper's experiments).
+        params: the CRF (:class:`CRFParams`: w1, theta_alpha, theta_beta, w2, theta_gamma,
+            iterations, normalization); default ``CRFParams()``, DeepLab-LargeFOV's.
         method: ``"permutohedral"`` (ours, fast), ``"naive"`` (exact, small images only) or
             ``"pydensecrf"`` (the C++ reference, if installed).
-        normalization: ``"symmetric"``, ``"after"`` or ``"none"`` (see the module docstring).
         exclude_self: leave out each pixel's own term $j = i$ (off, like the reference code).
+        **changes: any :class:`CRFParams` field, to change it for this call, e.g.
+            ``dense_crf(image, probs, w1=5, normalization="symmetric")``.
 
     Returns:
         Q with the shape of ``probs``, on ``probs``' device.
 
     Raises:
-        ValueError: bad shapes, labels, probabilities, method or normalisation (the message says
-            what was expected and what was given); the naive method above its size limit.
-        TypeError: an image that is not uint8, probabilities that are not a float tensor.
+        ValueError: bad shapes, labels, probabilities, parameters (negative or infinite) or
+            method (the message says what was expected and what was given); the naive method
+            above its size limit.
+        TypeError: an image that is not uint8, probabilities that are not a float tensor, an
+            unknown keyword.
         ImportError: ``method="pydensecrf"`` without pydensecrf installed.
     """
-    kwargs = dict(w1=w1, theta_alpha=theta_alpha, theta_beta=theta_beta, w2=w2,
-                  theta_gamma=theta_gamma, iterations=iterations, method=method,
-                  normalization=normalization, exclude_self=exclude_self)  # fmt: skip
+    params = _params(params, changes)
     if isinstance(probs, torch.Tensor) and probs.ndim == 4:
         if len(image) != len(probs):
             raise ValueError(
                 f"batch sizes differ: {len(image)} images, {len(probs)} probability maps"
             )
         return torch.stack(
-            [mean_field(im, p, **kwargs).q for im, p in zip(image, probs, strict=True)]
-        )
-    return mean_field(image, probs, **kwargs).q
+            [mean_field(im, p, params, method=method, exclude_self=exclude_self).q
+             for im, p in zip(image, probs, strict=True)]
+        )  # fmt: skip
+    return mean_field(image, probs, params, method=method, exclude_self=exclude_self).q

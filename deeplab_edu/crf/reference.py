@@ -17,22 +17,14 @@ def reference_available() -> bool:
     return importlib.util.find_spec("pydensecrf") is not None
 
 
-def reference_dense_crf(
-    image: np.ndarray,
-    probs: np.ndarray,
-    params: CRFParams,
-    *,
-    iterations: int = 10,
-    normalization: str = "symmetric",
-) -> np.ndarray:
+def reference_dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams) -> np.ndarray:
     """Run pydensecrf with the same parameters as :func:`deeplab_edu.crf.dense_crf`.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
         probs: ``(C, H, W)`` probabilities.
-        params: the kernel weights and bandwidths.
-        iterations: mean-field iterations.
-        normalization: ``"symmetric"`` or ``"after"``.
+        params: the kernel weights and bandwidths, iterations and normalisation (``"after"`` or
+            ``"symmetric"``).
 
     Returns:
         ``(C, H, W)`` float32 Q.
@@ -47,6 +39,7 @@ def reference_dense_crf(
     import pydensecrf.densecrf as dcrf
 
     kinds = {"symmetric": dcrf.NORMALIZE_SYMMETRIC, "after": dcrf.NORMALIZE_AFTER}
+    normalization = params.normalization
     if normalization not in kinds:
         raise ValueError(
             f"pydensecrf comparison supports normalization in {tuple(kinds)}, got "
@@ -63,5 +56,5 @@ def reference_dense_crf(
                              rgbim=np.ascontiguousarray(image, dtype=np.uint8),
                              compat=params.w1, kernel=dcrf.DIAG_KERNEL,
                              normalization=kinds[normalization])  # fmt: skip
-    q = np.asarray(crf.inference(iterations), dtype=np.float32)  # (C, H*W)
+    q = np.asarray(crf.inference(params.iterations), dtype=np.float32)  # (C, H*W)
     return q.reshape(c, h, w)

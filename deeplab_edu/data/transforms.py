@@ -179,8 +179,8 @@ def subsample_labels(target: torch.Tensor, stride: int | None = None) -> torch.T
     convolutions) is centred on input pixel ``8 i``, so its label is ``target[8 i, 8 j]``: we
     pick one pixel per cell, never average or vote, so labels stay valid class indices and a
     void pixel at a cell centre stays void. An ``H``-pixel side gives ``(H - 1) // 8 + 1`` cells
-    (321 -> 41, 513 -> 65), the size the network produces; for ``H = 8k + 1`` bilinear
-    upsampling with ``align_corners=True`` maps cell ``i`` exactly back onto pixel ``8 i``.
+    (321 -> 41, 513 -> 65), the size the network produces; at test time
+    :func:`~deeplab_edu.models.upsample_scores` maps cell ``i`` back onto pixel ``8 i``.
 
     Args:
         target: ``(B, H, W)`` or ``(H, W)`` integer labels.

@@ -16,6 +16,7 @@ from deeplab_edu.models.deeplab import (
     MultiScaleHead,
     Variant,
     deeplab,
+    upsample_scores,
     variant,
     vgg16_fully_convolutional,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "output_size",
     "output_stride",
     "receptive_field",
+    "upsample_scores",
     "variant",
     "vgg16_fully_convolutional",
     "vgg16_imagenet_state_dict",

@@ -26,12 +26,14 @@ from deeplab_edu.models.field import Layer
 from deeplab_edu.models.vgg import FC_CHANNELS, IMAGENET_CLASSES, VGG16_CFG, layer_names
 
 OUTPUT_STRIDE = 8  # the paper's output stride: one score every 8 input pixels (section 3.1)
-NEW_LAYER_PREFIXES = ("fc8.", "msc.")  # the layers DeepLab adds to VGG-16 (x10 learning rate)
+MSC_PREFIX = "msc."  # the multi-scale branches and their classifier (DeepLab-MSc's second stage)
+NEW_LAYER_PREFIXES = ("fc8.", MSC_PREFIX)  # the layers DeepLab adds to VGG-16 (x10 learning rate)
 
 _MAX_S2 = Layer("max", kernel=3, stride=2, padding=1)
 _MAX_S1 = Layer("max", kernel=3, stride=1, padding=1)
 _DEEPLAB_POOLS = (_MAX_S2, _MAX_S2, _MAX_S2, _MAX_S1, _MAX_S1)
 MSC_CHANNELS = 128  # each multi-scale branch: 128 3x3 filters then 128 1x1 filters
+MSC_CLASSIFIER_STD = 1e-3  # the new branches' classifier starts small (released MSc prototxt)
 
 
 @dataclass(frozen=True)
@@ -111,11 +113,23 @@ class MultiScaleHead(nn.Module):
     """DeepLab-MSc (paper section 4.3): a 3x3 then 1x1 MLP on the input and on pool1..pool4.
 
     Each branch's 3x3 convolution has the stride that brings its input to the network's output
-    stride, so that the five 128-channel outputs line up with fc7's output and are concatenated
-    to it (5 x 128 = 640 extra channels for fc8).
+    stride, so that the five 128-channel outputs line up with fc7's output cell for cell. The
+    paper concatenates them to fc7's output before fc8 (5 x 128 = 640 extra channels); we give
+    them their own 1x1 classifier, without bias, whose scores are added to fc8's, as the released
+    code does. The two are the same function (fc8 over the concatenation is fc8 over fc7's
+    output plus a classifier over the branches), with the same number of weights, and this form
+    lets the second stage train the branches while the stage-one fc8 stays fixed.
     """
 
-    def __init__(self, in_channels: list[int], strides: list[int], width: float, dropout: float):
+    def __init__(
+        self,
+        in_channels: list[int],
+        strides: list[int],
+        *,
+        num_classes: int,
+        width: float,
+        dropout: float,
+    ):
         super().__init__()
         hidden = scaled(MSC_CHANNELS, width)
         self.out_channels = hidden * len(in_channels)
@@ -130,15 +144,13 @@ class MultiScaleHead(nn.Module):
             )
             for c_in, stride in zip(in_channels, strides, strict=True)
         )
+        self.classifier = nn.Conv2d(self.out_channels, num_classes, 1, bias=False)
 
-    def forward(self, taps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        outputs = []
-        for branch, tap in zip(self.branches, taps, strict=True):
-            out = branch(tap)  # (B, 128, h, w)
-            if out.shape[-2:] != size:  # only for sizes that do not align exactly
-                out = F.interpolate(out, size=size, mode="bilinear", align_corners=True)
-            outputs.append(out)
-        return torch.cat(outputs, dim=1)  # (B, 5 * 128, h, w)
+    def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        # (B, 128, h, w) per branch: ceil(H / 2^k) / (8 / 2^k) cells is ceil(H / 8) for every tap
+        features = torch.cat([branch(tap) for branch, tap in zip(self.branches, taps, strict=True)],
+                             dim=1)  # (B, 5 * 128, h, w)  # fmt: skip
+        return self.classifier(features)  # (B, C, h, w)
 
 
 class DeepLab(nn.Module):
@@ -151,7 +163,7 @@ class DeepLab(nn.Module):
         features: conv1_1 .. pool5 (and LargeFOV's extra average pooling "pool5a").
         fc6, fc7: the convolutionalised fully connected layers, initialised from VGG-16.
         fc8: the new classifier (trained with 10x the learning rate).
-        msc: the new multi-scale branches (:class:`MultiScaleHead`) or None.
+        msc: the multi-scale branches and their classifier (:class:`MultiScaleHead`), or None.
     """
 
     def __init__(self, config: Variant, *, num_classes: int, width: float, msc: bool):
@@ -187,23 +199,27 @@ class DeepLab(nn.Module):
         self.fc7 = nn.Conv2d(fc, fc, 1)
         self.drop7 = nn.Dropout(config.dropout)
         self.msc = (
-            MultiScaleHead(
-                tap_channels[:5], [stride // s for s in tap_strides[:5]], width, config.dropout
-            )
+            MultiScaleHead(tap_channels[:5], [stride // s for s in tap_strides[:5]],
+                           num_classes=num_classes, width=width, dropout=config.dropout)
             if msc
             else None
-        )
-        self.fc8 = nn.Conv2d(fc + (self.msc.out_channels if self.msc else 0), num_classes, 1)
+        )  # fmt: skip
+        self.fc8 = nn.Conv2d(fc, num_classes, 1)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Initialise as if no VGG-16 weights were loaded: convolutions as torchvision's VGG
-        (He normal, fan-out), fc8 Gaussian with std 0.01 (paper), biases 0."""
+        (He normal, fan-out), fc8 Gaussian with std 0.01 (paper), biases 0, and the multi-scale
+        classifier Gaussian with std 0.001 (the released MSc prototxt's filler for the new
+        branches' classifier), so that stage two starts close to the stage-one network."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         nn.init.normal_(self.fc8.weight, std=0.01)
+        if self.msc is not None:
+            nn.init.normal_(self.msc.classifier.weight, std=MSC_CLASSIFIER_STD)
 
     def layers(self) -> list[Layer]:
         """The network as a list of :class:`~deeplab_edu.models.field.Layer` (for the
@@ -258,21 +274,62 @@ class DeepLab(nn.Module):
                 taps.append(x)
         x = self.drop6(F.relu(self.fc6(x)))  # (B, 4096, h, w)
         x = self.drop7(F.relu(self.fc7(x)))  # (B, 4096, h, w)
+        scores = self.fc8(x)  # (B, C, h, w)
         if self.msc is not None:
-            x = torch.cat([x, self.msc(taps, x.shape[-2:])], dim=1)  # (B, 4096 + 640, h, w)
-        return self.fc8(x)  # (B, C, h, w)
+            scores = scores + self.msc(taps)  # (B, C, h, w): fc8 over [fc7, 640 MSc channels]
+        return scores
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Scores bilinearly upsampled to the input size (the paper's inference, before the CRF).
 
-        Output cell i is centred on input pixel ``stride * i`` (3x3 poolings with padding 1),
-        so the interpolation maps the first and last cells to the first and last pixels.
-
         Returns:
-            (B, num_classes, H, W) scores.
+            (B, num_classes, H, W) scores, cell ``i, j`` on pixel ``8 i, 8 j``
+            (:func:`upsample_scores`).
+
+        Raises:
+            ValueError: for the stride-32 VGG-16, whose cells sit elsewhere (2x2 poolings).
         """
-        scores = self.forward(x)  # (B, C, h, w)
-        return F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=True)
+        if self.config.pools != _DEEPLAB_POOLS:
+            raise ValueError(f"predict needs a stride-8 DeepLab variant, not {self.variant!r}")
+        return upsample_scores(self.forward(x), x.shape[-2:])  # (B, C, H, W)
+
+
+def upsample_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of stride-8 scores to ``size`` pixels, each cell on its own pixel.
+
+    A DeepLab output cell ``i`` is centred on input pixel ``8 i`` (3x3 poolings with padding 1),
+    and an ``H``-pixel side gives ``h = (H - 1) // 8 + 1`` cells. Interpolating ``h`` cells with
+    ``align_corners=True`` onto ``8 (h - 1) + 1`` pixels puts cell ``i`` exactly on pixel ``8 i``
+    (Caffe's ``Interp`` layer followed by a crop does the same); the result is cropped to
+    ``H``. When ``H`` is not ``8 k + 1``, the last pixels lie beyond the last cell centre: the
+    scores are first extended by one copy of their last row/column, so those pixels take the
+    edge value. (Interpolating straight to ``H`` pixels would stretch the grid: at ``H = 128``
+    cell 15 would land on pixel 127 instead of 120.)
+
+    Args:
+        scores: ``(B, C, h, w)`` stride-8 scores.
+        size: the input's ``(H, W)``; ``h`` must be ``(H - 1) // 8 + 1`` (same for ``w``).
+
+    Returns:
+        ``(B, C, H, W)`` scores.
+
+    Raises:
+        ValueError: if the score map does not have the size a stride-8 network gives for ``size``.
+    """
+    (h, w), (height, width) = scores.shape[-2:], size
+    expected = ((height - 1) // OUTPUT_STRIDE + 1, (width - 1) // OUTPUT_STRIDE + 1)
+    if (h, w) != expected:
+        raise ValueError(
+            f"stride-{OUTPUT_STRIDE} scores for a {height}x{width} input must be "
+            f"{expected[0]}x{expected[1]}, got {h}x{w}"
+        )
+    # cells needed so that the last centre 8 (n - 1) reaches the last pixel H - 1
+    need_h, need_w = -(-(height - 1) // OUTPUT_STRIDE) + 1, -(-(width - 1) // OUTPUT_STRIDE) + 1
+    scores = F.pad(scores, (0, need_w - w, 0, need_h - h), mode="replicate")  # (B, C, h', w')
+    # cell i -> pixel 8 i: $\hat s(8i + t) = (1 - t/8)\, s_i + (t/8)\, s_{i+1}$, t = 0..7
+    grid = (OUTPUT_STRIDE * (need_h - 1) + 1, OUTPUT_STRIDE * (need_w - 1) + 1)
+    full = F.interpolate(scores, size=grid, mode="bilinear", align_corners=True)
+    return full[..., :height, :width]  # (B, C, H, W)
 
 
 def deeplab(name: str, *, num_classes: int = 21, width: float = 1.0, msc: bool = False) -> DeepLab:

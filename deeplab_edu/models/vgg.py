@@ -149,7 +149,7 @@ def load_vgg16(model: DeepLab, state_dict: dict[str, torch.Tensor]) -> DeepLab:
         keep7 = channel_indices(fc7.shape[0], model.fc7.out_channels)
         _copy(model.fc7, fc7[keep7][:, keep6, None, None], state_dict[f"{keys['fc7']}.bias"][keep7])
         fc8 = state_dict[f"{keys['fc8']}.weight"]
-        if model.fc8.out_channels == fc8.shape[0] and model.msc is None:
+        if model.fc8.out_channels == fc8.shape[0]:
             _copy(model.fc8, fc8[:, keep7, None, None], state_dict[f"{keys['fc8']}.bias"])
     return model
 
