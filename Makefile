@@ -45,8 +45,8 @@ book: $(STAMP) $(MATHJAX)
 	@echo "Open file://$(CURDIR)/_build/html/index.html"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check deeplab_edu tests benchmarks book
-	$(VENV)/bin/ruff format --check deeplab_edu tests benchmarks book/_ext
+	$(VENV)/bin/ruff check deeplab_edu tests tools benchmarks book
+	$(VENV)/bin/ruff format --check deeplab_edu tests tools benchmarks book/_ext
 
 unit: $(STAMP)
 	$(PYTEST) tests --durations=15
@@ -61,9 +61,10 @@ build: $(STAMP) $(MATHJAX)
 	$(VENV)/bin/jupyter-book build . -W --keep-going
 
 browser: $(STAMP)
-	$(PY) -m tests.browser_check _build/html
+	$(PY) -m tools.browser_check _build/html
 
-test: $(STAMP) $(MATHJAX)
+# npm (for MathJax) is needed only from the book build on: lint and unit tests run without it
+test: $(STAMP)
 	@$(call timed,$(MAKE) --no-print-directory lint,lint)
 	@$(call timed,$(MAKE) --no-print-directory unit,unit tests)
 	@$(call timed,$(MAKE) --no-print-directory notebooks,all notebooks (nbval))

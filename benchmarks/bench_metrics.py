@@ -9,8 +9,6 @@ Run: .venv/bin/python benchmarks/bench_metrics.py
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex
 
@@ -34,13 +32,9 @@ def make_data(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 def best_time(run, device: torch.device) -> float:
     times = []
     for _ in range(REPEATS):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = runtime.now(device)
         run()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        times.append(runtime.now(device) - start)
     return min(times)
 
 

@@ -6,8 +6,13 @@ teaching set), :mod:`deeplab_edu.models` (atrous convolution, VGG-16, the DeepLa
 training and evaluation scripts, and :mod:`deeplab_edu.viz` (the book's figures).
 """
 
-__version__ = "0.1.0"
-
-from deeplab_edu.runtime import data_root, describe, device, fast_mode, seed_everything
+from deeplab_edu.runtime import (
+    __version__,
+    data_root,
+    describe,
+    device,
+    fast_mode,
+    seed_everything,
+)
 
 __all__ = ["__version__", "data_root", "describe", "device", "fast_mode", "seed_everything"]

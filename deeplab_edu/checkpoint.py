@@ -1,30 +1,31 @@
-"""Checkpoints that survive a crash and cannot run code when loaded.
+"""What a run folder holds, written so that a crash loses nothing: the checkpoint and the log.
 
-Two guarantees, each a few lines:
-
-- **Atomic writes.** A checkpoint is written to a temporary file in the same folder, flushed
-  and ``fsync``-ed, then renamed over the old one with :func:`os.replace` (atomic on POSIX and
-  Windows). A process killed during a save leaves the previous checkpoint intact; at worst a
-  stray ``*.tmp`` file remains, which the next save overwrites.
+- **Atomic writes.** A checkpoint is written through :func:`deeplab_edu.fetch.atomic_write`:
+  a temporary file in the same folder, flushed and ``fsync``-ed, then renamed over the old one.
+  A process killed during a save leaves the previous checkpoint intact.
 - **Safe loads.** ``torch.load(..., weights_only=True)`` only rebuilds tensors and plain
   Python containers; a checkpoint downloaded from somewhere else cannot execute code. That is
   why everything we store is tensors, numbers, strings, lists and dicts (the training
   configuration is stored as a dict, not as a pickled dataclass).
+- **The metrics log** ``metrics.jsonl`` gets one JSON line per iteration, appended as training
+  goes; a resumed run first drops the lines after its checkpoint.
 """
 
 from __future__ import annotations
 
-import os
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from deeplab_edu.fetch import atomic_write
+
 FORMAT_VERSION = 1
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename).
+    """Write ``state`` to ``path`` atomically (:func:`~deeplab_edu.fetch.atomic_write`).
 
     Args:
         state: tensors, numbers, strings and containers of them (what ``weights_only`` loads).
@@ -33,21 +34,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     Returns:
         The path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
+    with atomic_write(path) as handle:
         torch.save({"format": FORMAT_VERSION, **state}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
@@ -80,3 +69,37 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             f"got a {type(state).__name__} without that format number"
         )
     return state
+
+
+METRICS_LOG = "metrics.jsonl"
+
+
+def truncate_log(run_folder: str | Path, iteration: int) -> None:
+    """Keep only the log lines up to ``iteration`` (lines after a resumed checkpoint are redone)."""
+    path = Path(run_folder) / METRICS_LOG
+    if path.exists():
+        kept = [r for r in read_metrics(run_folder) if r["iteration"] <= iteration]
+        with atomic_write(path, "w") as handle:
+            handle.writelines(json.dumps(record) + "\n" for record in kept)
+
+
+def read_metrics(run_folder: str | Path) -> list[dict]:
+    """The ``metrics.jsonl`` records of a run (one per iteration); a torn last line is skipped.
+
+    Raises:
+        FileNotFoundError: if the run has no log (it has not been trained).
+        ValueError: for a line that is not JSON before the last one.
+    """
+    path = Path(run_folder) / METRICS_LOG
+    if not path.exists():
+        raise FileNotFoundError(f"no metrics log at {path}; has the run been trained?")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):  # a line torn by a crash while it was appended
+                break
+            raise ValueError(f"{path}, line {number}: not a JSON record ({error})") from error
+    return records

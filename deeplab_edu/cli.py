@@ -13,9 +13,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch.distributed as dist
+from torch import nn
+
 from deeplab_edu import runtime
 from deeplab_edu.crf.kernels import NORMALIZATIONS, CRFParams
-from deeplab_edu.models import VARIANTS
+from deeplab_edu.crf_search import SearchConfig, load_best, search
+from deeplab_edu.data import VOCSegmentation, ensure_toy_voc, make_toy_voc, voc_dir
+from deeplab_edu.data.download import prepare_voc
+from deeplab_edu.evaluate import EvalConfig, evaluate, write_results
+from deeplab_edu.models import VARIANTS, vgg16_imagenet_state_dict
+from deeplab_edu.runs import load_trained
+from deeplab_edu.train import TrainConfig, train
+
+Subparsers = argparse._SubParsersAction  # what add_subparsers returns (argparse has no public name)
 
 
 class UsageError(Exception):
@@ -30,17 +41,11 @@ def _mode_flags(parser: argparse.ArgumentParser) -> None:
                        help="the paper's defaults (the default with a CUDA device)")  # fmt: skip
 
 
-def _fast(args: argparse.Namespace) -> bool:
-    return runtime.fast_mode() if args.fast is None else args.fast
-
-
-def _both(name: str, full, fast) -> str:
+def _both(name: str, full: runtime.ModeConfig, fast: runtime.ModeConfig) -> str:
     return f"{name} (paper: {getattr(full, name)}; --fast: {getattr(fast, name)})"
 
 
-def _add_train(sub) -> None:
-    from deeplab_edu.train import TrainConfig
-
+def _add_train(sub: Subparsers) -> None:
     full, fast = TrainConfig(), TrainConfig.fast()
     p = sub.add_parser("train", help="train a DeepLab network (paper sections 3.1 and 5)",
                        description="Train with the paper's recipe. Several GPUs: "
@@ -64,7 +69,9 @@ def _add_train(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _eval_options(p, full, fast) -> None:
+def _eval_options(
+    p: argparse.ArgumentParser, full: runtime.ModeConfig, fast: runtime.ModeConfig
+) -> None:
     _mode_flags(p)
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint.pt from train")
     p.add_argument("--variant", choices=VARIANTS, help="the variant you expect (checked)")
@@ -73,7 +80,7 @@ def _eval_options(p, full, fast) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _crf_options(p, params) -> None:
+def _crf_options(p: argparse.ArgumentParser, params: CRFParams) -> None:
     """One option per CRFParams field except the searched ones' grids (see _add_search)."""
     for name, value in params.to_dict().items():
         kind = type(value)
@@ -82,9 +89,7 @@ def _crf_options(p, params) -> None:
                        help=f"CRF {name} (default: {value})")  # fmt: skip
 
 
-def _add_evaluate(sub) -> None:
-    from deeplab_edu.evaluate import EvalConfig
-
+def _add_evaluate(sub: Subparsers) -> None:
     full, fast = EvalConfig(), EvalConfig.fast()
     p = sub.add_parser("evaluate", help="score a checkpoint without and with the CRF")
     _eval_options(p, full, fast)
@@ -97,9 +102,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="the results JSON to write")
 
 
-def _add_search(sub) -> None:
-    from deeplab_edu.crf_search import SearchConfig
-
+def _add_search(sub: Subparsers) -> None:
     full, fast = SearchConfig(), SearchConfig.fast()
     p = sub.add_parser("crf-search", help="cross-validate w1, theta_alpha, theta_beta")
     _eval_options(p, full, fast)
@@ -144,10 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args) -> None:
-    from deeplab_edu.train import TrainConfig, train
-
-    base = TrainConfig.fast() if _fast(args) else TrainConfig()
+def _train(args: argparse.Namespace) -> None:
+    base = TrainConfig.for_mode(args.fast)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     changes = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     config = dataclasses.replace(base, **changes)
@@ -156,30 +157,22 @@ def _train(args) -> None:
     except ValueError as error:
         raise UsageError(str(error)) from error
     train(config, args.out, resume=args.resume, progress=not args.no_progress)
-    import torch.distributed as dist
-
     if dist.is_initialized():  # launched by torchrun: leave the process group cleanly
         dist.destroy_process_group()
     print(f"trained {config.variant}: {args.out / 'checkpoint.pt'}")
 
 
-def _load(args):
-    from deeplab_edu.data import VOCSegmentation, voc_dir
-    from deeplab_edu.runs import load_trained
-
+def _load(args: argparse.Namespace) -> tuple[nn.Module, VOCSegmentation]:
     model, config = load_trained(args.checkpoint, variant=args.variant)
     return model, VOCSegmentation(voc_dir(config.dataset), args.split)
 
 
-def _pad(args, default):
+def _pad(args: argparse.Namespace, default: int | None) -> int | None:
     return default if args.pad_to is None else (args.pad_to or None)
 
 
-def _evaluate(args) -> None:
-    from deeplab_edu.crf_search import load_best
-    from deeplab_edu.evaluate import EvalConfig, evaluate, write_results
-
-    base = EvalConfig.fast() if _fast(args) else EvalConfig()
+def _evaluate(args: argparse.Namespace) -> None:
+    base = EvalConfig.for_mode(args.fast)
     crf, tuned_on = (CRFParams(), None) if args.crf_from is None else load_best(args.crf_from)
     changes = {k: v for k, v in vars(args).items() if k in crf.to_dict() and v is not None}
     crf = None if args.no_crf else dataclasses.replace(crf, **changes)
@@ -205,10 +198,8 @@ def _evaluate(args) -> None:
     print(f"wrote {args.out}")
 
 
-def _search(args) -> None:
-    from deeplab_edu.crf_search import SearchConfig, search
-
-    base = SearchConfig.fast() if _fast(args) else SearchConfig()
+def _search(args: argparse.Namespace) -> None:
+    base = SearchConfig.for_mode(args.fast)
     changes = {name: tuple(getattr(args, name)) for name in ("w1", "theta_alpha", "theta_beta")
                if getattr(args, name) is not None}  # fmt: skip
     for name in ("num_images", "seed", "normalization", "max_recentres"):
@@ -225,25 +216,19 @@ def _search(args) -> None:
           f"trials in {args.out}")  # fmt: skip
 
 
-def _download(args) -> None:
+def _download(args: argparse.Namespace) -> None:
     if args.what in ("vgg16", "all") and args.root is not None:
         raise UsageError("--root applies to voc only; set DEEPLAB_EDU_DATA for the weights")
     if args.what in ("voc", "all"):
-        from deeplab_edu.data.download import prepare_voc
-
         print(f"VOC 2012 with the train_aug list in {prepare_voc(args.root)}")
     if args.what in ("vgg16", "all"):
-        from deeplab_edu.models import vgg16_imagenet_state_dict
-
         vgg16_imagenet_state_dict()
         print(f"VGG-16 IMAGENET1K_V1 weights in {runtime.data_root() / 'weights'}")
 
 
-def _make_toy(args) -> None:
-    from deeplab_edu.data import toy
-
+def _make_toy(args: argparse.Namespace) -> None:
     if args.out is None and (args.n_train, args.n_val, args.size) == (None, None, None):
-        print(f"teaching set in {toy.ensure_toy_voc()}")
+        print(f"teaching set in {ensure_toy_voc()}")
         return
     if args.out is None:
         raise UsageError("--out is needed with --n-train/--n-val/--size")
@@ -252,11 +237,14 @@ def _make_toy(args) -> None:
     for name, value in sizes.items():
         if value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    print(f"teaching set in {toy.make_toy_voc(args.out, seed=args.seed, **sizes)}")
+    print(f"teaching set in {make_toy_voc(args.out, seed=args.seed, **sizes)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the exit status (0 ok, 2 a usage or data error).
+
+    Every foreseeable failure (a wrong option, missing data, a checkpoint that does not fit, a
+    diverged run) is one line on stderr; an unexpected error keeps its traceback.
 
     Raises:
         SystemExit: from argparse for a malformed command line (status 2, with usage).
@@ -267,7 +255,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "download": _download, "make-toy-data": _make_toy}  # fmt: skip
     try:
         handlers[args.command](args)
-    except (UsageError, OSError, ValueError) as error:  # OSError: missing files, network
+    except (UsageError, OSError, ValueError, FloatingPointError) as error:
+        if not isinstance(error, UsageError | OSError) and not _raised_by_us(error):
+            raise  # a ValueError from inside a library is a bug: keep its traceback
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _raised_by_us(error: BaseException) -> bool:
+    """Whether the package raised ``error`` on purpose, with a message for the user: its
+    innermost frame is the package's own code, not a library's."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_globals.get("__name__", "").startswith(
+        "deeplab_edu"
+    )

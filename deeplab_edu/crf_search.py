@@ -25,7 +25,6 @@ resumes where it stopped; the finished file also holds the best parameters, whic
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -41,6 +40,8 @@ from tqdm import tqdm
 from deeplab_edu import runtime
 from deeplab_edu.crf import dense_crf
 from deeplab_edu.crf.kernels import NORMALIZATIONS, CRFParams
+from deeplab_edu.data.sampling import Dataset
+from deeplab_edu.data.transforms import to_hwc
 from deeplab_edu.data.voc import NUM_CLASSES
 from deeplab_edu.evaluate import predict_probs, write_results
 from deeplab_edu.metrics import ConfusionMatrix
@@ -97,10 +98,6 @@ class SearchConfig(runtime.ModeConfig):
                          theta_gamma=self.theta_gamma, iterations=self.iterations,
                          normalization=self.normalization)  # fmt: skip
 
-    def to_dict(self) -> dict:
-        values = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-
 
 @dataclass
 class SearchResult:
@@ -136,7 +133,9 @@ def tuning_indices(count: int, num_tune: int, seed: int = 0) -> list[int]:
     return sorted(torch.randperm(count, generator=generator)[:num_tune].tolist())
 
 
-def holdout(dataset, num_tune: int, *, seed: int = 0):
+def holdout(
+    dataset: Dataset, num_tune: int, *, seed: int = 0
+) -> tuple[torch.utils.data.Subset, torch.utils.data.Subset]:
     """Split a data set into the images used to choose the CRF and the images to report on.
 
     Returns:
@@ -187,7 +186,7 @@ def _edges(best: Point, centre: Point, steps: Point) -> list[str]:
 
 def search(
     model: nn.Module,
-    dataset,
+    dataset: Dataset,
     config: SearchConfig | None = None,
     *,
     state_path: str | Path | None = None,
@@ -227,7 +226,7 @@ def search(
     for index in images:
         image, target = dataset[index]
         probs = predict_probs(model, image, pad_to=config.pad_to, device=device)
-        cache.append((image.permute(1, 2, 0).contiguous(), probs.half().cpu(), target))
+        cache.append((to_hwc(image), probs.half().cpu(), target))
     baseline = ConfusionMatrix(NUM_CLASSES)
     for _, probs, target in cache:
         baseline.update(probs.float().argmax(0), target)

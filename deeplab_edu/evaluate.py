@@ -14,12 +14,10 @@ the CPU otherwise (PyTorch already spreads each filtering step over the CPU's co
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +29,10 @@ from tqdm import tqdm
 
 from deeplab_edu import __version__, runtime
 from deeplab_edu.crf import CRFParams, dense_crf
-from deeplab_edu.data.transforms import EvalTransform
+from deeplab_edu.data.sampling import Dataset
+from deeplab_edu.data.transforms import EvalTransform, to_hwc
 from deeplab_edu.data.voc import CLASSES, NUM_CLASSES
+from deeplab_edu.fetch import atomic_write
 from deeplab_edu.metrics import ConfusionMatrix, trimap_curves
 
 
@@ -52,11 +52,6 @@ class EvalConfig(runtime.ModeConfig):
 
     # fast mode: native size, bands up to 20 px
     FAST: ClassVar[dict] = dict(pad_to=None, trimap_widths=(1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20))
-
-    def to_dict(self) -> dict:
-        values = dataclasses.asdict(self)  # (crf becomes CRFParams.to_dict())
-        values["trimap_widths"] = list(self.trimap_widths)
-        return values
 
 
 @dataclass
@@ -100,7 +95,7 @@ def predict_probs(
 
 def evaluate(
     model: nn.Module,
-    dataset,
+    dataset: Dataset,
     config: EvalConfig | None = None,
     *,
     held_out: Sequence[int] | None = None,
@@ -137,19 +132,19 @@ def evaluate(
     seconds = {"network": 0.0, "crf": 0.0}
     for index in tqdm(range(count), desc="evaluate", disable=not progress, dynamic_ncols=True):
         image, target = dataset[index]  # (3, H, W) uint8, (H, W) int64
-        began = _now(device)
+        began = runtime.now(device)
         probs = predict_probs(model, image, pad_to=config.pad_to, device=device)  # (C, H, W)
-        seconds["network"] += _now(device) - began
+        seconds["network"] += runtime.now(device) - began
         labels["target"].append(target.to(torch.uint8))
         labels["dcnn"].append(probs.argmax(0).to(torch.uint8).cpu())
         matrices["dcnn"].update(labels["dcnn"][-1], target)
         if index in held_set:
             held["dcnn"].update(labels["dcnn"][-1], target)
         if config.crf is not None:
-            began = _now(device)
-            rgb = image.permute(1, 2, 0).contiguous()  # (H, W, 3) uint8
+            began = runtime.now(device)
+            rgb = to_hwc(image)  # (H, W, 3) uint8
             q = dense_crf(rgb, probs, config.crf)  # (C, H, W)
-            seconds["crf"] += _now(device) - began
+            seconds["crf"] += runtime.now(device) - began
             labels["crf"].append(q.argmax(0).to(torch.uint8).cpu())
             matrices["crf"].update(labels["crf"][-1], target)
             if index in held_set:
@@ -174,18 +169,14 @@ def evaluate(
     return Evaluation(summary, labels["target"], labels["dcnn"], labels["crf"])
 
 
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def _per_class(matrix: ConfusionMatrix) -> dict[str, float | None]:
     values = matrix.iou().tolist()  # NaN (absent class) becomes None in JSON
     return {name: (None if v != v else v) for name, v in zip(CLASSES, values, strict=True)}
 
 
-def _curves(preds, targets, widths) -> dict[str, list]:
+def _curves(
+    preds: list[torch.Tensor], targets: list[torch.Tensor], widths: Sequence[int]
+) -> dict[str, list]:
     curves = trimap_curves(preds, targets, widths)
     return {
         "widths": list(widths),
@@ -195,7 +186,7 @@ def _curves(preds, targets, widths) -> dict[str, list]:
 
 
 def environment() -> dict:
-    """Versions and hardware, stored with every result."""
+    """Versions and hardware, stored with every result (the mode that ran is in its config)."""
     device = runtime.device()
     return {
         "deeplab_edu": __version__,
@@ -206,19 +197,15 @@ def environment() -> dict:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
         platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "fast_mode": runtime.fast_mode(),
     }  # fmt: skip
 
 
 def write_results(summary: dict, path: str | Path) -> Path:
-    """Write a results JSON atomically (temporary file, then rename).
+    """Write a results JSON atomically (:func:`~deeplab_edu.fetch.atomic_write`).
 
     Returns:
         The path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
-    os.replace(temporary, path)
-    return path
+    with atomic_write(path, "w") as handle:
+        handle.write(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    return Path(path)

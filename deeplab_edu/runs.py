@@ -12,18 +12,26 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from deeplab_edu import runtime
 from deeplab_edu.checkpoint import load_checkpoint
 from deeplab_edu.data import voc_dir
+from deeplab_edu.models import deeplab
 from deeplab_edu.train import TrainConfig, train
+
+try:  # file locks are POSIX-only; without them (Windows) the cache is not locked
+    import fcntl
+except ImportError:
+    fcntl = None
 
 
 def load_trained(
-    path: str | Path, *, variant: str | None = None, device=None
+    path: str | Path, *, variant: str | None = None, device: torch.device | None = None
 ) -> tuple[nn.Module, TrainConfig]:
     """Build the network a checkpoint was trained as, and load its weights (no download).
 
@@ -38,8 +46,6 @@ def load_trained(
     Raises:
         ValueError: if the checkpoint holds another variant than ``variant``.
     """
-    from deeplab_edu.models import deeplab
-
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"])
     if variant is not None and variant != config.variant:
@@ -90,10 +96,8 @@ def cached_run(config: TrainConfig, *, progress: bool = True) -> tuple[nn.Module
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock; two simultaneous first runs would both train
+def _locked(path: Path) -> Iterator[None]:
+    if fcntl is None:  # Windows: no lock; two simultaneous first runs would both train
         yield
         return
     with open(path, "w") as handle:

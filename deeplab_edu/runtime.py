@@ -15,15 +15,19 @@ an explicit call (:func:`seed_everything`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import random
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
 
+__version__ = "0.2.0"  # the package's version (pyproject.toml reads it from here)
 FAST_ENV = "DEEPLAB_EDU_FAST"
 DATA_ENV = "DEEPLAB_EDU_DATA"
 _TRUE = {"1", "true", "yes", "on"}
@@ -92,31 +96,67 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def now(device: torch.device | str = "cpu") -> float:
+    """``time.perf_counter()`` after the work queued on ``device`` has finished (CUDA runs
+    asynchronously: without the synchronisation a timer would measure only the launch)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+@dataclass
 class ModeConfig:
     """Base of the run configurations (a dataclass whose defaults are the paper's).
 
     A subclass lists in ``FAST`` the values fast mode changes; :meth:`fast` applies them and
-    :meth:`for_mode` picks fast or paper values from :func:`fast_mode`. Only values differ
-    between the two, never the code that runs.
+    :meth:`for_mode` picks fast or paper values. Only values differ between the two, never the
+    code that runs. ``mode`` records which of the two a configuration was built as, so that
+    results say what ran.
     """
+
+    mode: str = "full"  # "full" (the paper's values) or "fast" (built by fast())
 
     FAST: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def fast(cls, **changes: Any) -> Self:
         """The laptop-CPU configuration: ``FAST`` over the paper's defaults, then ``changes``."""
-        return cls(**{**cls.FAST, **changes})
+        return cls(**{**cls.FAST, "mode": "fast", **changes})
 
     @classmethod
-    def for_mode(cls, **changes: Any) -> Self:
-        """:meth:`fast` in fast mode, the paper's defaults otherwise."""
-        return cls.fast(**changes) if fast_mode() else cls(**changes)
+    def for_mode(cls, fast: bool | None = None, **changes: Any) -> Self:
+        """:meth:`fast` if ``fast`` (default: :func:`fast_mode`), else the paper's defaults.
+
+        This is the one place where a run's mode turns into values.
+        """
+        fast = fast_mode() if fast is None else fast
+        return cls.fast(**changes) if fast else cls(**changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only (tuples as lists): safe for JSON and ``weights_only`` checkpoints."""
+        values = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        """Inverse of :meth:`to_dict`; unknown keys are an error.
+
+        Raises:
+            ValueError: naming the unknown keys.
+        """
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(fields)}")
+        return cls(**{
+            k: tuple(v) if isinstance(v, list) and "tuple" in str(fields[k].type) else v
+            for k, v in values.items()
+        })  # fmt: skip
 
 
 def describe(dataset: str) -> str:
     """One line stating version, mode, device and data set; every chapter prints it first."""
-    from deeplab_edu import __version__
-
     mode = "fast (CPU-sized)" if fast_mode() else "full (paper-sized)"
     return (
         f"deeplab-edu {__version__} | torch {torch.__version__} | mode: {mode} | "

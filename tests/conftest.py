@@ -13,7 +13,9 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-VOC_SAMPLE = REPO.parent / "shared" / "voc-sample"
+# the real VOC photos beside the checkout (never copied into it); another copy: set this variable
+VOC_SAMPLE_DIR_ENV = "DEEPLAB_EDU_VOC_SAMPLE_DIR"
+VOC_SAMPLE = Path(os.environ.get(VOC_SAMPLE_DIR_ENV) or REPO.parent / "shared" / "voc-sample")
 
 
 def _required(variable: str) -> bool:
@@ -22,7 +24,7 @@ def _required(variable: str) -> bool:
 
 @pytest.fixture(scope="session")
 def voc_sample() -> Path:
-    """The 12 real VOC 2012 images in ../shared/voc-sample (never copied into the project)."""
+    """The 12 real VOC 2012 images in ../shared/voc-sample, or ``$DEEPLAB_EDU_VOC_SAMPLE_DIR``."""
     if (VOC_SAMPLE / "JPEGImages").is_dir():
         return VOC_SAMPLE
     if _required("DEEPLAB_EDU_VOC_SAMPLE"):

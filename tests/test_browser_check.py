@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests import browser_check
+from tools import browser_check
 
 REPO = Path(__file__).resolve().parents[1]
 MATHJAX = REPO / ".cache" / "static" / "mathjax"

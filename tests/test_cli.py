@@ -173,6 +173,17 @@ def test_evaluate_takes_the_parameters_the_search_chose(run, tmp_path, capsys):
     assert "not a finished CRF search" in capsys.readouterr().err
 
 
+def test_a_library_error_keeps_its_traceback(monkeypatch, capsys):
+    import deeplab_edu.cli as cli
+
+    def broken(root):
+        return int("not a number")  # a ValueError raised outside the package: a bug
+
+    monkeypatch.setattr(cli, "prepare_voc", broken)
+    with pytest.raises(ValueError, match="invalid literal"):
+        main(["download", "voc"])
+
+
 def test_download_rejects_unknown_targets(capsys):
     with pytest.raises(SystemExit):
         main(["download", "imagenet"])
@@ -180,12 +191,11 @@ def test_download_rejects_unknown_targets(capsys):
 
 
 def test_download_dispatches_to_the_data_and_weights_code(monkeypatch, tmp_path, capsys):
-    import deeplab_edu.data.download as download
-    import deeplab_edu.models as models
+    import deeplab_edu.cli as cli
 
     calls = []
-    monkeypatch.setattr(download, "prepare_voc", lambda root: calls.append(root) or root)
-    monkeypatch.setattr(models, "vgg16_imagenet_state_dict", lambda: calls.append("vgg16"))
+    monkeypatch.setattr(cli, "prepare_voc", lambda root: calls.append(root) or root)
+    monkeypatch.setattr(cli, "vgg16_imagenet_state_dict", lambda: calls.append("vgg16"))
     assert main(["download", "voc", "--root", str(tmp_path)]) == 0
     assert main(["download", "vgg16"]) == 0
     assert calls == [tmp_path, "vgg16"]
@@ -195,6 +205,6 @@ def test_download_dispatches_to_the_data_and_weights_code(monkeypatch, tmp_path,
     def unreachable(root):
         raise ConnectionError("host unreachable; put VOCtrainval_11-May-2012.tar in data/")
 
-    monkeypatch.setattr(download, "prepare_voc", unreachable)
+    monkeypatch.setattr(cli, "prepare_voc", unreachable)
     assert main(["download", "voc"]) == 2
     assert "host unreachable" in capsys.readouterr().err

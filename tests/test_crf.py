@@ -18,7 +18,9 @@ from deeplab_edu.crf import (
 from deeplab_edu.crf.kernels import appearance_features, smoothness_features
 from deeplab_edu.crf.meanfield import PairwiseMessage, iterate
 from deeplab_edu.crf.permutohedral import LatticeSum
-from deeplab_edu.data.voc import read_mask
+from deeplab_edu.data.toy import make_toy_voc
+from deeplab_edu.data.transforms import to_hwc
+from deeplab_edu.data.voc import VOCSegmentation, read_mask
 
 
 def two_region_scene(height: int = 40, width: int = 48, seed: int = 0):
@@ -297,6 +299,19 @@ def test_agrees_with_pydensecrf_on_real_photos(voc_sample, pydensecrf, image_id,
     before = (probs.argmax(0).numpy() == mask)[valid].mean()
     after = (ours.argmax(0).numpy() == mask)[valid].mean()
     assert after > before
+
+
+@pytest.mark.parametrize("normalization", ["symmetric", "after"])
+def test_agrees_with_pydensecrf_on_generated_images(pydensecrf, tmp_path, normalization):
+    # the same comparison on the generated teaching set, so that it runs without the VOC sample
+    root = make_toy_voc(tmp_path / "toy", n_train=3, n_val=1, size=96, seed=3)
+    for image, mask in VOCSegmentation(root, "train"):
+        rgb, probs = to_hwc(image), simulate_unaries(mask, seed=1)
+        ours = dense_crf(rgb, probs, normalization=normalization)
+        reference = dense_crf(rgb, probs, normalization=normalization, method="pydensecrf")
+        agreement = (ours.argmax(0) == reference.argmax(0)).double().mean().item()
+        assert agreement >= 0.995, agreement
+        assert (ours - reference).abs().max() < 1e-2
 
 
 def test_reference_adapter_refuses_what_it_cannot_compare(pydensecrf):

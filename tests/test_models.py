@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deeplab_edu.data.download import ChecksumError, file_digest, verify
+from deeplab_edu.fetch import ChecksumError, file_digest, verify
 from deeplab_edu.models import (
     VARIANTS,
     deeplab,

@@ -91,8 +91,13 @@ def test_mode_config_changes_values_only(monkeypatch: pytest.MonkeyPatch) -> Non
         seed: int = 0
 
     assert Config().size == 321 and Config.fast().size == 64
-    assert Config.fast(size=9, seed=1) == Config(size=9, seed=1)  # explicit changes win
+    assert (Config().mode, Config.fast().mode) == ("full", "fast")  # results record what ran
+    assert Config.fast(size=9, seed=1) == Config(size=9, seed=1, mode="fast")  # changes win
     monkeypatch.setenv("DEEPLAB_EDU_FAST", "1")
-    assert Config.for_mode(seed=2) == Config(size=64, seed=2)
+    assert Config.for_mode(seed=2) == Config(size=64, seed=2, mode="fast")
+    assert Config.for_mode(False) == Config()  # an explicit choice beats the environment
     monkeypatch.setenv("DEEPLAB_EDU_FAST", "0")
-    assert Config.for_mode() == Config()
+    assert Config.for_mode() == Config() and Config.for_mode(True) == Config.fast()
+    assert Config.from_dict(Config.fast().to_dict()) == Config.fast()
+    with pytest.raises(ValueError, match=r"unknown Config fields \['colour'\]"):
+        Config.from_dict({"colour": 1})

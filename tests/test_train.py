@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 from deeplab_edu import runtime
-from deeplab_edu.checkpoint import load_checkpoint, save_checkpoint
+from deeplab_edu.checkpoint import load_checkpoint, read_metrics, save_checkpoint
 from deeplab_edu.data.toy import make_toy_voc
 from deeplab_edu.data.voc import VOCSegmentation
 from deeplab_edu.train import (
@@ -23,7 +23,6 @@ from deeplab_edu.train import (
     learning_rate,
     make_optimizer,
     param_groups,
-    read_metrics,
     segmentation_loss,
     train,
 )

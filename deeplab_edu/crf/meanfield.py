@@ -36,6 +36,7 @@ from deeplab_edu.crf.kernels import (
 )
 from deeplab_edu.crf.naive import NaiveFilter
 from deeplab_edu.crf.permutohedral import LatticeSum, PermutohedralLattice
+from deeplab_edu.crf.reference import reference_dense_crf
 
 METHODS = ("permutohedral", "naive", "pydensecrf")
 PROB_CLIP = 1e-5  # probabilities are clipped to [1e-5, 1] before -log, as pydensecrf does
@@ -245,8 +246,6 @@ def mean_field(
     check_inputs(image_t, probs)
     c, h, w = probs.shape
     if method == "pydensecrf":
-        from deeplab_edu.crf.reference import reference_dense_crf
-
         if track or exclude_self:
             raise ValueError("method='pydensecrf' supports neither track nor exclude_self")
         q = reference_dense_crf(image_t.cpu().numpy(), probs.detach().cpu().numpy(), params)

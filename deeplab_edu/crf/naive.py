@@ -52,10 +52,12 @@ class NaiveFilter:
 
     @property
     def num_points(self) -> int:
+        """N, the number of points filtered."""
         return self.features.shape[0]
 
     @property
     def device(self) -> torch.device:
+        """Where the features (and the filtering) are."""
         return self.features.device
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:

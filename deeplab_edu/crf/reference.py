@@ -36,7 +36,7 @@ def reference_dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams)
     """
     if not reference_available():
         raise ImportError("method='pydensecrf' needs pydensecrf: pip install pydensecrf2")
-    import pydensecrf.densecrf as dcrf
+    import pydensecrf.densecrf as dcrf  # here: the reference is optional (see the docstring)
 
     kinds = {"symmetric": dcrf.NORMALIZE_SYMMETRIC, "after": dcrf.NORMALIZE_AFTER}
     normalization = params.normalization

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from deeplab_edu.data.voc import IGNORE_INDEX, NUM_CLASSES
-from deeplab_edu.models.deeplab import OUTPUT_STRIDE
+from deeplab_edu.models.field import OUTPUT_STRIDE
 
 
 def simulate_unaries(

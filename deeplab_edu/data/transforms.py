@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from deeplab_edu.data.voc import IGNORE_INDEX
+from deeplab_edu.models.field import OUTPUT_STRIDE
 
 # The one normalisation of the project. Our VGG-16 weights are torchvision's IMAGENET1K_V1,
 # trained on RGB in [0, 1] normalised with these ImageNet statistics. (The paper's Caffe model
@@ -172,6 +173,14 @@ class EvalTransform:
         return f"EvalTransform(pad_to={self.pad_to})"
 
 
+def to_hwc(image: torch.Tensor) -> torch.Tensor:
+    """A channels-first ``(3, H, W)`` image as the ``(H, W, 3)`` layout the CRF and plots use
+    (contiguous; same dtype and device)."""
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected a channels-first (3, H, W) image, got {tuple(image.shape)}")
+    return image.permute(1, 2, 0).contiguous()  # (H, W, 3)
+
+
 def subsample_labels(target: torch.Tensor, stride: int | None = None) -> torch.Tensor:
     """The ground truth at the network's output resolution, for the paper's loss.
 
@@ -199,10 +208,7 @@ def subsample_labels(target: torch.Tensor, stride: int | None = None) -> torch.T
         raise TypeError(f"expected an integer label tensor, got {got}")
     if target.ndim not in (2, 3):
         raise ValueError(f"expected labels (B, H, W) or (H, W), got {tuple(target.shape)}")
-    if stride is None:  # imported here: the models package imports the data package
-        from deeplab_edu.models.deeplab import OUTPUT_STRIDE
-
-        stride = OUTPUT_STRIDE
+    stride = OUTPUT_STRIDE if stride is None else stride
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be a positive int, got {stride!r}")
     return target[..., ::stride, ::stride].contiguous()  # (B, h, w): the cell centres

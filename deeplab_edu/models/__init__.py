@@ -5,12 +5,12 @@
 - :mod:`~deeplab_edu.models.stitch`: shift-and-stitch, the slow way to the same dense output.
 - :mod:`~deeplab_edu.models.vgg`: VGG-16 as data, conversion, checksummed weight download.
 - :mod:`~deeplab_edu.models.deeplab`: the variants, the multi-scale head, the builder.
+- :mod:`~deeplab_edu.models.pretrained`: where the weights start (ImageNet, random, a checkpoint).
 """
 
 from deeplab_edu.models.atrous import atrous_conv1d, atrous_conv2d, im2col_atrous
 from deeplab_edu.models.deeplab import (
     NEW_LAYER_PREFIXES,
-    OUTPUT_STRIDE,
     VARIANTS,
     DeepLab,
     MultiScaleHead,
@@ -20,7 +20,13 @@ from deeplab_edu.models.deeplab import (
     variant,
     vgg16_fully_convolutional,
 )
-from deeplab_edu.models.field import Layer, output_size, output_stride, receptive_field
+from deeplab_edu.models.field import (
+    OUTPUT_STRIDE,
+    Layer,
+    output_size,
+    output_stride,
+    receptive_field,
+)
 from deeplab_edu.models.vgg import (
     VGG16_CFG,
     decimation_taps,

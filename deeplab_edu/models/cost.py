@@ -8,11 +8,12 @@ additions are ignored (they are a few per cent at most).
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from deeplab_edu import runtime
 
 
 def multiply_adds(model: nn.Module, height: int, width: int, *, batch: int = 1) -> int:
@@ -29,7 +30,7 @@ def multiply_adds(model: nn.Module, height: int, width: int, *, batch: int = 1) 
     meta = copy.deepcopy(model).to("meta")
     total = 0
 
-    def count(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+    def count(module: nn.Conv2d, _inputs: tuple, output: torch.Tensor) -> None:
         nonlocal total
         k_h, k_w = module.kernel_size
         total += output.numel() * (module.in_channels // module.groups) * k_h * k_w
@@ -48,17 +49,11 @@ def best_time(fn: Callable[[], object], device: torch.device, repeats: int = 3) 
     """Best-of-``repeats`` wall time of ``fn()`` in seconds, after one warm-up call, without
     autograd; CUDA work is synchronised so that the time includes it."""
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     with torch.no_grad():
         fn()
-        sync()
         best = float("inf")
         for _ in range(max(1, repeats)):
-            start = time.perf_counter()
+            start = runtime.now(device)
             fn()
-            sync()
-            best = min(best, time.perf_counter() - start)
+            best = min(best, runtime.now(device) - start)
     return best

@@ -22,10 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeplab_edu.models.field import Layer
+from deeplab_edu.models.field import OUTPUT_STRIDE, Layer
 from deeplab_edu.models.vgg import FC_CHANNELS, IMAGENET_CLASSES, VGG16_CFG, layer_names
 
-OUTPUT_STRIDE = 8  # the paper's output stride: one score every 8 input pixels (section 3.1)
 MSC_PREFIX = "msc."  # the multi-scale branches and their classifier (DeepLab-MSc's second stage)
 NEW_LAYER_PREFIXES = ("fc8.", MSC_PREFIX)  # the layers DeepLab adds to VGG-16 (x10 learning rate)
 
@@ -129,7 +128,7 @@ class MultiScaleHead(nn.Module):
         num_classes: int,
         width: float,
         dropout: float,
-    ):
+    ) -> None:
         super().__init__()
         hidden = scaled(MSC_CHANNELS, width)
         self.out_channels = hidden * len(in_channels)
@@ -147,6 +146,7 @@ class MultiScaleHead(nn.Module):
         self.classifier = nn.Conv2d(self.out_channels, num_classes, 1, bias=False)
 
     def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        """Class scores ``(B, C, h, w)`` from the input and pool1..pool4 (``taps``)."""
         # (B, 128, h, w) per branch: ceil(H / 2^k) / (8 / 2^k) cells is ceil(H / 8) for every tap
         features = torch.cat([branch(tap) for branch, tap in zip(self.branches, taps, strict=True)],
                              dim=1)  # (B, 5 * 128, h, w)  # fmt: skip
@@ -166,7 +166,7 @@ class DeepLab(nn.Module):
         msc: the multi-scale branches and their classifier (:class:`MultiScaleHead`), or None.
     """
 
-    def __init__(self, config: Variant, *, num_classes: int, width: float, msc: bool):
+    def __init__(self, config: Variant, *, num_classes: int, width: float, msc: bool) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")

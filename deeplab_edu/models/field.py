@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+OUTPUT_STRIDE = 8  # the paper's output stride: one score every 8 input pixels (section 3.1)
 KINDS = ("conv", "max", "avg")
 
 
@@ -131,9 +132,6 @@ def paper_field_of_view(
     ``stride`` is fc6's input stride, by default DeepLab's
     :data:`~deeplab_edu.models.OUTPUT_STRIDE` (8).
     """
-    if stride is None:  # imported here: the network's module imports this one
-        from deeplab_edu.models.deeplab import OUTPUT_STRIDE
-
-        stride = OUTPUT_STRIDE
+    stride = OUTPUT_STRIDE if stride is None else stride
     span = rate * (kernel - 1) * stride  # input pixels between fc6's first and last taps
     return span + original_stride

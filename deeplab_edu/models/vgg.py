@@ -17,15 +17,11 @@ a checksum, into ``runtime.data_root() / "weights"``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
-from deeplab_edu import runtime
-from deeplab_edu.data.download import download as fetch
-
-if TYPE_CHECKING:
-    from deeplab_edu.models.deeplab import DeepLab
+from deeplab_edu import fetch, runtime
 
 # VGG-16 ("D"): numbers are 3x3 convolutions with that many output channels, "M" a max-pooling
 VGG16_CFG: tuple[int | str, ...] = (
@@ -101,11 +97,11 @@ def channel_indices(total: int, keep: int) -> torch.Tensor:
     return torch.arange(keep) * total // keep
 
 
-def load_vgg16(model: DeepLab, state_dict: dict[str, torch.Tensor]) -> DeepLab:
+def load_vgg16(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Initialise ``model`` from a torchvision VGG-16 state dict, in place.
 
     Args:
-        model: a network from :func:`~deeplab_edu.models.deeplab` or
+        model: a DeepLab network from :func:`~deeplab_edu.models.deeplab` or
             :func:`~deeplab_edu.models.vgg16_fully_convolutional`, any width.
         state_dict: ``torchvision.models.vgg16().state_dict()`` (e.g. IMAGENET1K_V1).
 
@@ -203,5 +199,5 @@ def vgg16_imagenet_state_dict(
             "(or call with download=True)"
         )
     # downloads to a temporary name, verifies, renames; an existing file is verified too
-    fetch(url, path, sha256_prefix, algorithm="sha256")
+    fetch.download(url, path, sha256_prefix, algorithm="sha256")
     return torch.load(path, map_location="cpu", weights_only=True)

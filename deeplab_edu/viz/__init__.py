@@ -20,6 +20,6 @@ def show_source(obj: Any) -> Any:
     Returns:
         An IPython ``Code`` object (displayed with syntax highlighting in a notebook).
     """
-    from IPython.display import Code
+    from IPython.display import Code  # here: IPython is there in a notebook, not a dependency
 
     return Code(inspect.getsource(obj), language="python")

@@ -10,46 +10,7 @@ import numpy as np
 import torch
 
 from deeplab_edu.crf.permutohedral import PermutohedralLattice
-from deeplab_edu.viz.data import as_rgb, colorize
-
-
-def _numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def _hwc(image: np.ndarray | torch.Tensor) -> np.ndarray:
-    image = _numpy(image)
-    return image if image.shape[-1] == 3 else as_rgb(torch.as_tensor(image))
-
-
-def plot_label_maps(
-    image: np.ndarray | torch.Tensor,
-    maps: Mapping[str, np.ndarray | torch.Tensor],
-    *,
-    ncols: int = 4,
-    image_title: str = "image",
-) -> plt.Figure:
-    """The image followed by one panel per label map (VOC colours), titled by the dict keys.
-
-    Args:
-        image: ``(H, W, 3)`` uint8 RGB.
-        maps: title -> ``(H, W)`` label map (or ``(C, H, W)`` probabilities, shown as argmax).
-        ncols: panels per row.
-    """
-    panels = [(image_title, _hwc(image))]
-    for title, labels in maps.items():
-        labels = _numpy(labels)
-        labels = labels.argmax(0) if labels.ndim == 3 else labels
-        panels.append((title, colorize(labels)))
-    nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.4 * nrows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (title, picture) in zip(axes.flat, panels, strict=False):
-        ax.imshow(picture)
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+from deeplab_edu.viz.data import to_numpy
 
 
 def plot_confidence_history(
@@ -58,7 +19,7 @@ def plot_confidence_history(
     """$Q_i(\\text{label})$ as a grey-level map after the chosen iterations."""
     fig, axes = plt.subplots(1, len(steps), figsize=(2.4 * len(steps), 2.4), squeeze=False)
     for ax, step in zip(axes[0], steps, strict=True):
-        ax.imshow(_numpy(history[step])[label], cmap="magma", vmin=0, vmax=1)
+        ax.imshow(to_numpy(history[step])[label], cmap="magma", vmin=0, vmax=1)
         ax.set_title(f"Q(label {label}), iteration {step}", fontsize=8)
         ax.axis("off")
     fig.tight_layout()
@@ -91,7 +52,7 @@ def _elevation_matrix(d: int) -> np.ndarray:
 def lattice_points_in_feature_space(keys: torch.Tensor) -> np.ndarray:
     """Lattice vertex keys ``(M, 3)`` of a d = 2 lattice, mapped back to feature coordinates."""
     e = _elevation_matrix(2)  # (3, 2); its columns are orthogonal with equal norms
-    return _numpy(keys).astype(np.float64) @ e / (e[:, 0] @ e[:, 0])  # (M, 2)
+    return to_numpy(keys).astype(np.float64) @ e / (e[:, 0] @ e[:, 0])  # (M, 2)
 
 
 def plot_lattice_2d(points: torch.Tensor, *, show_weights: bool = True) -> plt.Figure:
@@ -125,9 +86,9 @@ def plot_lattice_2d(points: torch.Tensor, *, show_weights: bool = True) -> plt.F
     mass = torch.zeros(lattice.num_vertices).index_add_(
         0, lattice.offsets.reshape(-1), lattice.weights.reshape(-1)
     )
-    ax.scatter(*vertices.T, s=120 * _numpy(mass), color="tab:orange", alpha=0.7, zorder=3,
+    ax.scatter(*vertices.T, s=120 * to_numpy(mass), color="tab:orange", alpha=0.7, zorder=3,
                label="splatted mass")  # fmt: skip
-    pts = _numpy(points)
+    pts = to_numpy(points)
     if show_weights:
         for i in range(len(pts)):
             for q in range(3):
@@ -153,7 +114,7 @@ def plot_filter_accuracy(results: Mapping[str, tuple[np.ndarray, np.ndarray]]) -
     """
     fig, axes = plt.subplots(1, len(results), figsize=(3.4 * len(results), 3.2), squeeze=False)
     for ax, (title, (exact, approx)) in zip(axes[0], results.items(), strict=True):
-        exact, approx = _numpy(exact).ravel(), _numpy(approx).ravel()
+        exact, approx = to_numpy(exact).ravel(), to_numpy(approx).ravel()
         ax.scatter(exact, approx, s=2, alpha=0.3)
         ends = [min(exact.min(), approx.min()), max(exact.max(), approx.max())]
         ax.plot(ends, ends, color="k", lw=0.8)
@@ -177,28 +138,5 @@ def plot_speed(pixels: Sequence[int], seconds: Mapping[str, Sequence[float]]) ->
     ax.set_ylabel("seconds (10 iterations)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_before_after(
-    images: Sequence[np.ndarray],
-    targets: Sequence[np.ndarray],
-    before: Sequence[np.ndarray],
-    after: Sequence[np.ndarray],
-    *,
-    names: tuple[str, str] = ("before CRF", "after CRF"),
-) -> plt.Figure:
-    """Rows of image | ground truth | labels before the CRF | labels after it."""
-    fig, axes = plt.subplots(len(images), 4, figsize=(10, 2.5 * len(images)), squeeze=False)
-    titles = ("image", "ground truth", *names)
-    for row, panels in enumerate(zip(images, targets, before, after, strict=True)):
-        image, *labels = panels
-        pictures = [_hwc(image), *(colorize(_numpy(x)) for x in labels)]
-        for col, picture in enumerate(pictures):
-            axes[row, col].imshow(picture)
-            axes[row, col].axis("off")
-            if row == 0:
-                axes[row, col].set_title(titles[col], fontsize=9)
     fig.tight_layout()
     return fig

@@ -3,16 +3,16 @@ band, training crops with their subsampled labels, the confusion matrix and the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from deeplab_edu.data.transforms import denormalize, subsample_labels
+from deeplab_edu.data.transforms import denormalize, subsample_labels, to_hwc
 from deeplab_edu.data.voc import CLASSES, IGNORE_INDEX, PALETTE
 from deeplab_edu.metrics import trimap_band
-from deeplab_edu.models.deeplab import OUTPUT_STRIDE
+from deeplab_edu.models.field import OUTPUT_STRIDE
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
@@ -38,27 +38,31 @@ def plot_palette() -> plt.Figure:
 
 def as_rgb(image: np.ndarray | torch.Tensor) -> np.ndarray:
     """An image as ``(H, W, 3)`` uint8 for plotting: accepts a ``(3, H, W)`` uint8 tensor, a
-    normalised float tensor (denormalised first) or an ``(H, W, 3)`` array."""
+    normalised float tensor (denormalised first) or an ``(H, W, 3)`` array or tensor."""
     if isinstance(image, torch.Tensor):
         if image.is_floating_point():
             image = denormalize(image)
-        image = image.detach().cpu().permute(1, 2, 0).numpy()
+        image = image.detach().cpu()
+        image = (to_hwc(image) if image.shape[0] == 3 else image).numpy()
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected an RGB image, got shape {image.shape}")
     return image.astype(np.uint8)
 
 
-def _labels(mask: np.ndarray | torch.Tensor) -> np.ndarray:
+def to_numpy(mask: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A tensor (any device) or array as a numpy array."""
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().cpu().numpy()
     return np.asarray(mask)
 
 
-def overlay(image: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor, alpha: float = 0.55):
+def overlay(
+    image: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor, alpha: float = 0.55
+) -> np.ndarray:
     """Blend class colours over an image: background pixels stay as they are, objects and void
     are tinted with their VOC colour. Returns ``(H, W, 3)`` uint8."""
-    rgb, labels = as_rgb(image).astype(np.float64), _labels(mask)
+    rgb, labels = as_rgb(image).astype(np.float64), to_numpy(mask)
     tint = colorize(labels).astype(np.float64)
     weight = np.where(labels[..., None] == 0, 0.0, alpha)
     return (rgb * (1 - weight) + tint * weight).round().astype(np.uint8)
@@ -73,27 +77,89 @@ def _legend(ax: plt.Axes, labels: np.ndarray) -> None:
     )
 
 
-def plot_examples(
-    samples: Sequence[tuple[torch.Tensor, torch.Tensor]], titles: Sequence[str] | None = None
+def _label_map(x: np.ndarray | torch.Tensor) -> np.ndarray | None:
+    """``x`` as an ``(H, W)`` label map (probabilities ``(C, H, W)`` by their argmax), or None
+    if it is an RGB image (``(H, W, 3)`` uint8 array or ``(3, H, W)`` uint8 tensor)."""
+    if isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 3 and x.shape[0] == 3:
+        return None
+    x = to_numpy(x)
+    if x.ndim == 3 and x.shape[-1] == 3 and x.dtype == np.uint8:
+        return None
+    return x.argmax(0) if x.ndim == 3 else x
+
+
+def _panel(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """What one panel shows: an RGB image as it is, a label map in VOC colours."""
+    labels = _label_map(x)
+    return as_rgb(x) if labels is None else colorize(labels)
+
+
+def plot_label_maps(
+    image: np.ndarray | torch.Tensor,
+    maps: Mapping[str, np.ndarray | torch.Tensor],
+    *,
+    ncols: int | None = None,
+    image_title: str = "image",
 ) -> plt.Figure:
-    """Images (top row), their ground truth in VOC colours (middle) and the overlay (bottom)."""
-    n = len(samples)
-    fig, axes = plt.subplots(3, n, figsize=(2.3 * n + 1.2, 6.6), squeeze=False)
-    all_labels = []
-    for k, (image, mask) in enumerate(samples):
-        labels = _labels(mask)
-        all_labels.append(labels.ravel())
-        axes[0, k].imshow(as_rgb(image))
-        axes[1, k].imshow(colorize(labels))
-        axes[2, k].imshow(overlay(image, labels))
-        if titles is not None:
-            axes[0, k].set_title(titles[k], fontsize=8)
+    """One image followed by one panel per label map (VOC colours, titled by the dict keys),
+    with a legend of the classes that appear.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB (or a ``(3, H, W)`` uint8 tensor).
+        maps: title -> ``(H, W)`` label map, or ``(C, H, W)`` probabilities (shown as argmax).
+        ncols: panels per row (default: all in one row).
+    """
+    panels = [(image_title, _panel(image))] + [(t, _panel(m)) for t, m in maps.items()]
+    ncols = ncols or len(panels)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.4 * ncols + 1.2, 2.4 * nrows),
+                             squeeze=False)  # fmt: skip
     for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    for row, name in enumerate(("image", "ground truth", "overlay")):
-        axes[row, 0].set_ylabel(name)
-    _legend(axes[1, -1], np.concatenate(all_labels))
+        ax.axis("off")
+    for ax, (title, picture) in zip(axes.flat, panels, strict=False):
+        ax.imshow(picture)
+        ax.set_title(title, fontsize=9)
+    present = [_label_map(m) for m in maps.values()]
+    _legend(axes[0, -1], np.concatenate([m.ravel() for m in present if m is not None]))
+    fig.tight_layout()
+    return fig
+
+
+def plot_examples(
+    images: Sequence[np.ndarray | torch.Tensor],
+    columns: Mapping[str, Sequence[np.ndarray | torch.Tensor]],
+    *,
+    titles: Sequence[str] | None = None,
+) -> plt.Figure:
+    """One row per image: the image, then one panel per column (label maps in VOC colours,
+    or images such as :func:`overlay`), with a legend of the classes that appear.
+
+    Args:
+        images: RGB images (``(H, W, 3)`` uint8 arrays or ``(3, H, W)`` tensors).
+        columns: column title -> one label map (or image) per row, e.g.
+            ``{"ground truth": targets, "DCNN": dcnn, "DCNN + CRF": crf}``.
+        titles: optional row titles.
+    """
+    heads = ["image", *columns]
+    rows = len(images)
+    fig, axes = plt.subplots(rows, len(heads), figsize=(2.3 * len(heads) + 1.4, 2.3 * rows),
+                             squeeze=False)  # fmt: skip
+    present = []
+    for r in range(rows):
+        cells = [images[r], *(column[r] for column in columns.values())]
+        for c, cell in enumerate(cells):
+            labels = _label_map(cell) if c > 0 else None
+            if labels is not None:
+                present.append(labels.ravel())
+            axes[r, c].imshow(_panel(cell))
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(heads[c], fontsize=10)
+        if titles is not None:
+            axes[r, 0].set_ylabel(titles[r], fontsize=9)
+    if present:
+        _legend(axes[0, -1], np.concatenate(present))
     fig.tight_layout()
     return fig
 
@@ -103,7 +169,7 @@ def plot_void_band(
 ) -> plt.Figure:
     """The void band: a mask, and a zoom (``box`` = top, left, side) on an object outline where
     the 255 band separates the object from the background."""
-    labels = _labels(mask)
+    labels = to_numpy(mask)
     if box is None:  # centre the zoom on the first void pixel found
         ys, xs = np.nonzero(labels == IGNORE_INDEX)
         side = max(16, min(labels.shape) // 4)
@@ -137,7 +203,7 @@ def plot_training_crops(
     fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 3.0), squeeze=False)
     for ax, (image, target) in zip(axes[0], crops, strict=True):
         ax.imshow(as_rgb(image))
-        coarse = _labels(subsample_labels(torch.as_tensor(target)))  # (h, w)
+        coarse = to_numpy(subsample_labels(torch.as_tensor(target)))  # (h, w)
         rows, cols = np.mgrid[0 : coarse.shape[0], 0 : coarse.shape[1]] * stride
         void = coarse == IGNORE_INDEX
         ax.scatter(cols[~void], rows[~void], s=20, c=PALETTE[coarse[~void]] / 255,
@@ -186,7 +252,7 @@ def plot_trimap_bands(
     axes[0].set_title("ground truth", fontsize=9)
     for ax, width in zip(axes[1:], widths, strict=True):
         band = trimap_band(torch.as_tensor(target), width).cpu().numpy()
-        void = _labels(target) == IGNORE_INDEX
+        void = to_numpy(target) == IGNORE_INDEX
         shown = (as_rgb(image) * 0.35).astype(np.uint8)
         shown[band] = 255
         shown[void] = 150

@@ -8,7 +8,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from deeplab_edu.data.voc import CLASSES
-from deeplab_edu.viz.data import colorize
 
 LABELS = {"dcnn": "DeepLab (DCNN only)", "crf": "DeepLab-CRF"}
 
@@ -51,36 +50,6 @@ def plot_trimap(summary: dict) -> plt.Figure:
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[1].legend()
-    fig.tight_layout()
-    return fig
-
-
-def plot_examples(
-    images: Sequence[np.ndarray], targets, dcnn, crf, *, titles: Sequence[str] | None = None
-) -> plt.Figure:
-    """Rows of image, ground truth, DCNN output and DCNN + CRF output.
-
-    Args:
-        images: ``(H, W, 3)`` uint8 RGB arrays (or ``(3, H, W)`` tensors).
-        targets, dcnn, crf: ``(H, W)`` label maps, one per image.
-        titles: optional row titles.
-    """
-    rows = len(images)
-    fig, axes = plt.subplots(rows, 4, figsize=(9, 2.3 * rows), squeeze=False)
-    heads = ("image", "ground truth", "DCNN", "DCNN + CRF")
-    for r in range(rows):
-        image = np.asarray(images[r])
-        if image.ndim == 3 and image.shape[0] == 3:
-            image = image.transpose(1, 2, 0)
-        panels = [image, *(colorize(np.asarray(m[r])) for m in (targets, dcnn, crf))]
-        for c, panel in enumerate(panels):
-            axes[r, c].imshow(panel)
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-            if r == 0:
-                axes[r, c].set_title(heads[c], fontsize=10)
-        if titles is not None:
-            axes[r, 0].set_ylabel(titles[r], fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -141,21 +110,4 @@ def plot_crf_heatmap(trials: Sequence[dict], *, dcnn_miou: float | None = None) 
     if dcnn_miou is not None:
         label += f"; without CRF {100 * dcnn_miou:.1f}"
     fig.colorbar(image, ax=axes[0].tolist(), label=label)
-    return fig
-
-
-def plot_label_maps(image, target, maps: dict[str, np.ndarray]) -> plt.Figure:
-    """One image, its ground truth and several labelings side by side (titled by ``maps``)."""
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[0] == 3:
-        image = image.transpose(1, 2, 0)
-    panels = {"image": image, "ground truth": colorize(np.asarray(target))}
-    panels |= {name: colorize(np.asarray(m)) for name, m in maps.items()}
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6))
-    for ax, (name, panel) in zip(axes, panels.items(), strict=True):
-        ax.imshow(panel)
-        ax.set_title(name, fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
     return fig

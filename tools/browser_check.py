@@ -1,6 +1,6 @@
 """Open every page of the built site in headless Chromium and fail on what a reader would see.
 
-Usage: ``python -m tests.browser_check _build/html`` (run by ``make test``).
+Usage: ``python -m tools.browser_check _build/html`` (run by ``make test``).
 
 A page fails when it is missing, when an internal link or image is broken (a missing file or a
 missing ``#anchor``), when the browser console shows an error caused by the site's own
