@@ -63,8 +63,9 @@ build: $(STAMP) $(MATHJAX)
 browser: $(STAMP)
 	$(PY) -m tools.browser_check _build/html
 
-# npm (for MathJax) is needed only from the book build on: lint and unit tests run without it
-test: $(STAMP)
+# `make lint` and `make unit` need no npm; `make test` fetches MathJax first, because the book
+# build and the browser check's own tests (fixture pages with equations) need it
+test: $(STAMP) $(MATHJAX)
 	@$(call timed,$(MAKE) --no-print-directory lint,lint)
 	@$(call timed,$(MAKE) --no-print-directory unit,unit tests)
 	@$(call timed,$(MAKE) --no-print-directory notebooks,all notebooks (nbval))
