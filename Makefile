@@ -6,14 +6,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MATHJAX := .cache/static/mathjax/tex-chtml.js
-NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
+# the chapters in table-of-contents order (the order a reader meets them)
+NOTEBOOKS := $(foreach f,$(shell sed -n 's/^ *- file: //p' _toc.yml),$(wildcard $(f).ipynb))
 # pytest's cache would land in the book root and break the strict build: never write it
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 export PYTHONDONTWRITEBYTECODE := 1
 # every stage prints how long it took
 timed = start=$$(date +%s); $(1); echo "[time] $(2): $$(( $$(date +%s) - start ))s"
 
-.PHONY: book test lint unit notebooks build browser execute bench clean env
+.PHONY: book test lint unit notebooks colab build browser execute bench clean env
 
 env: $(STAMP)
 
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml requirements.lock Makefile
 	@command -v python3 >/dev/null || { echo "python3 (3.11 or newer) is needed"; exit 1; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e ".[book,test]"
+	$(PY) -m pip install -q -c requirements.lock -e ".[book,test,notebooks]"
 	@# pydensecrf is the reference we compare against, not a requirement: its C++ build can
 	@# fail on a reader's Python. CI requires it (DEEPLAB_EDU_REFERENCE=required).
 	$(PY) -m pip install -q -c requirements.lock -e ".[reference]" || { \
@@ -56,6 +57,10 @@ notebooks: $(STAMP)
 	  $(call timed,$(PYTEST) --nbval-lax --nbval-cell-timeout=900 -q $$nb,notebook $$nb); \
 	done
 
+# every chapter as a Colab reader runs it: the package from a wheel, an empty folder, fast mode
+colab: $(STAMP)
+	$(PY) -m tools.colab_check
+
 build: $(STAMP) $(MATHJAX)
 	rm -rf _build/html
 	$(VENV)/bin/jupyter-book build . -W --keep-going
@@ -69,6 +74,7 @@ test: $(STAMP) $(MATHJAX)
 	@$(call timed,$(MAKE) --no-print-directory lint,lint)
 	@$(call timed,$(MAKE) --no-print-directory unit,unit tests)
 	@$(call timed,$(MAKE) --no-print-directory notebooks,all notebooks (nbval))
+	@$(call timed,$(MAKE) --no-print-directory colab,all chapters as on Colab)
 	@$(call timed,$(MAKE) --no-print-directory build,strict book build)
 	@$(call timed,$(MAKE) --no-print-directory browser,browser check)
 

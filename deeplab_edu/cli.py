@@ -2,7 +2,8 @@
 
 Commands: ``download``, ``make-toy-data``, ``train``, ``evaluate``, ``crf-search``. Every option
 defaults to the paper's value (full mode) or to the fast-mode value (``--fast``, the default on
-a machine without CUDA); ``--help`` on each command shows both.
+every machine, a GPU's too: full mode is only ever asked for); ``--help`` on each command
+shows both.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ class UsageError(Exception):
 def _mode_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--fast", dest="fast", action="store_true", default=None,
-                       help="CPU-sized defaults (the default without a CUDA device)")  # fmt: skip
+                       help="laptop-sized values (the default, on a GPU too)")  # fmt: skip
     group.add_argument("--full", dest="fast", action="store_false",
-                       help="the paper's defaults (the default with a CUDA device)")  # fmt: skip
+                       help="the paper's values (only when asked: VOC, a GPU)")  # fmt: skip
 
 
 def _both(name: str, full: runtime.ModeConfig, fast: runtime.ModeConfig) -> str:

@@ -1,10 +1,14 @@
-"""Trained runs on disk: loading a checkpoint into a network, and the cached run the chapters
-share.
+"""Trained runs on disk: loading a checkpoint into a network, and the run the chapters share.
 
-A cached run lives in ``runtime.data_root() / "runs" / "<variant>-<key>"``, where ``key`` is a
-hash of the training configuration (and of the data set's split list). The first chapter that
-needs a model trains it; every later chapter, and every later build, loads it. An interrupted
-training resumes where its last checkpoint left it.
+Fast mode: the run lives in ``runtime.data_root() / "runs" / "<variant>-<key>"``, where ``key``
+is a hash of the training configuration (and of the data set's split list). The first chapter
+that needs the model trains it (minutes on a CPU); every later chapter, and every later build,
+loads it. An interrupted training resumes where its last checkpoint left it.
+
+Full mode: the run lives in ``runtime.data_root() / "runs" / "<variant>-full"`` and is made by
+the reproduction chapter (or ``python -m deeplab_edu train --full --out`` that folder). A
+chapter never trains it on its own: without it, :func:`cached_run` stops with one message that
+says how to make it.
 """
 
 from __future__ import annotations
@@ -67,8 +71,11 @@ def run_key(config: TrainConfig) -> str:
 
 
 def run_dir(config: TrainConfig) -> Path:
-    """Where the cached run of ``config`` lives."""
-    return runtime.data_root() / "runs" / f"{config.variant}-{run_key(config)}"
+    """Where the run of ``config`` lives (see the module docstring)."""
+    name = (
+        f"{config.variant}-full" if config.mode == "full" else f"{config.variant}-{run_key(config)}"
+    )
+    return runtime.data_root() / "runs" / name
 
 
 def is_complete(config: TrainConfig) -> bool:
@@ -80,13 +87,25 @@ def is_complete(config: TrainConfig) -> bool:
 
 
 def cached_run(config: TrainConfig, *, progress: bool = True) -> tuple[nn.Module, Path]:
-    """The trained network of ``config``: loaded if its run is complete, else trained (or
-    resumed) now. Concurrent callers wait for each other (a lock file).
+    """The trained network of ``config``: loaded if its run is complete; in fast mode trained
+    (or resumed) now, concurrent callers waiting for each other (a lock file).
 
     Returns:
         ``(model in eval mode on runtime.device(), run folder)``.
+
+    Raises:
+        FileNotFoundError: in full mode, when the reproduction has not trained the network
+            yet (the message says how to train it); nothing is downloaded or trained.
     """
     folder = run_dir(config)
+    if config.mode == "full" and not is_complete(config):
+        raise FileNotFoundError(
+            f"full mode uses the {config.variant} network trained with the paper's recipe, "
+            f"expected complete at {folder / 'checkpoint.pt'}. Train it with the chapter "
+            "'Reproducing Table 1 on a GPU' (hours on a GPU, resumable), or run "
+            f"`python -m deeplab_edu train --full --out {folder}`; or go back to fast mode "
+            "(restart without DEEPLAB_EDU_FAST=0)."
+        )
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder / ".lock"):
         if not is_complete(config):

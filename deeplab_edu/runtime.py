@@ -3,9 +3,11 @@
 Nothing here runs at import time except reading environment variables lazily; seeding is
 an explicit call (:func:`seed_everything`).
 
-- Fast mode (``DEEPLAB_EDU_FAST=1`` or ``0``): shrinks image sizes, widths and iteration
-  counts so that every chapter runs on a laptop CPU in minutes. It never changes which code
-  runs. When the variable is unset, fast mode is on exactly when there is no CUDA device.
+- Fast mode shrinks image sizes, widths and iteration counts so that every chapter runs on a
+  laptop CPU in minutes; it never changes which code runs. It is the default everywhere, on a
+  GPU too (where it simply runs faster). Full mode (the paper's data and sizes) is only ever
+  asked for: ``DEEPLAB_EDU_FAST=0``, ``--full`` on the command line, or
+  :func:`use_full_mode` in a notebook's first cell.
 - Device: ``cuda`` when a CUDA device is available, else ``cpu``; chosen once per process.
 - Data root (``DEEPLAB_EDU_DATA``): where VOC, the generated teaching set, weights and cached
   runs live. Unset, it is the ``data/`` folder of the source checkout when the package is
@@ -38,20 +40,31 @@ def fast_mode() -> bool:
     """Whether fast (CPU-sized) mode is on.
 
     Returns:
-        ``DEEPLAB_EDU_FAST`` read as a boolean; when unset, ``True`` iff no CUDA device exists.
+        ``DEEPLAB_EDU_FAST`` read as a boolean; ``True`` when it is unset, with or without a
+        GPU: a chapter never starts the paper's downloads or hours of training on its own.
 
     Raises:
         ValueError: if the variable holds something other than 1/0/true/false/yes/no/on/off.
     """
     raw = os.environ.get(FAST_ENV)
     if raw is None or raw.strip() == "":
-        return not torch.cuda.is_available()
+        return True
     value = raw.strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
     raise ValueError(f"{FAST_ENV} must be 1 or 0 (or true/false), got {raw!r}")
+
+
+def use_full_mode() -> None:
+    """Switch this process (a notebook's kernel) to full mode: the paper's data and sizes.
+
+    Call it in a chapter's first cell, before anything else runs. Full-mode chapters read the
+    network trained by the reproduction chapter; none of them downloads VOC or trains for hours
+    on its own.
+    """
+    os.environ[FAST_ENV] = "0"
 
 
 @functools.cache
@@ -160,5 +173,13 @@ def describe(dataset: str) -> str:
     mode = "fast (CPU-sized)" if fast_mode() else "full (paper-sized)"
     return (
         f"deeplab-edu {__version__} | torch {torch.__version__} | mode: {mode} | "
-        f"device: {device()} | data: {dataset} ({data_root()})"
+        f"device: {device()} | data: {dataset} (data root: {shown_path(data_root())})"
     )
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as printed in a chapter: relative to the working folder when it lies within two
+    levels of it (``data``, ``../data``), so that outputs do not show where a machine keeps its
+    files; absolute otherwise."""
+    relative = os.path.relpath(path, Path.cwd())
+    return relative if not relative.startswith(os.path.join("..", "..", "..")) else str(path)

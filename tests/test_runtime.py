@@ -24,10 +24,12 @@ def test_fast_mode_off(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
 
 
 @pytest.mark.parametrize("cuda", [True, False])
-def test_fast_mode_unset_follows_cuda(monkeypatch: pytest.MonkeyPatch, cuda: bool) -> None:
-    monkeypatch.delenv("DEEPLAB_EDU_FAST", raising=False)
+def test_fast_mode_is_the_default_with_or_without_a_gpu(monkeypatch, cuda: bool) -> None:
+    monkeypatch.setenv("DEEPLAB_EDU_FAST", "")  # unset (and restored after the test)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    assert runtime.fast_mode() is (not cuda)
+    assert runtime.fast_mode() is True
+    runtime.use_full_mode()  # the documented call in a notebook's first cell
+    assert runtime.fast_mode() is False
 
 
 def test_fast_mode_rejects_garbage(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,8 @@ from deeplab_edu.data.voc import (
 )
 
 VOC_ENV = "DEEPLAB_EDU_VOC"  # points at an existing VOC2012 folder (a local copy)
+PHOTOS_DIR = Path(__file__).parent / "photos"  # eight real VOC photos, shipped with the package
+PHOTOS_SPLIT = "photos"
 TOY_NAME = "generated teaching set (toy-voc)"
 VOC_NAME = "PASCAL VOC 2012"
 
@@ -36,7 +38,8 @@ def voc_dir(name: str = "voc") -> Path:
     """The folder of data set ``name``, in the VOC on-disk format.
 
     Args:
-        name: ``"toy"`` (the generated teaching set, made on first use), ``"voc"`` (VOC 2012 at
+        name: ``"toy"`` (the generated teaching set, made on first use), ``"photos"`` (the
+            eight real VOC photos shipped with the package, split ``"photos"``), ``"voc"`` (VOC 2012 at
             ``$DEEPLAB_EDU_VOC`` if set, else ``runtime.data_root() / "VOCdevkit" / "VOC2012"``,
             where the download code unpacks it), or the path of any VOC-format folder.
 
@@ -49,6 +52,8 @@ def voc_dir(name: str = "voc") -> Path:
     """
     if name == "toy":
         return ensure_toy_voc()
+    if name == "photos":
+        return PHOTOS_DIR
     if name == "voc":
         folder = _voc_location()
         if not (folder / "JPEGImages").is_dir():
@@ -88,6 +93,8 @@ __all__ = [
     "IGNORE_INDEX",
     "NUM_CLASSES",
     "PALETTE",
+    "PHOTOS_DIR",
+    "PHOTOS_SPLIT",
     "TOY_NAME",
     "VOCSegmentation",
     "VOC_ENV",

@@ -68,13 +68,16 @@ def overlay(
     return (rgb * (1 - weight) + tint * weight).round().astype(np.uint8)
 
 
-def _legend(ax: plt.Axes, labels: np.ndarray) -> None:
+def _legend(fig: plt.Figure, labels: np.ndarray) -> None:
+    """A row of class colours under the panels (the classes in ``labels``), then the layout."""
     present = [int(v) for v in np.unique(labels)]
     handles = [plt.Rectangle((0, 0), 1, 1, color=PALETTE[v] / 255) for v in present]
     names = [CLASSES[v] if v < len(CLASSES) else "void" for v in present]
-    ax.legend(
-        handles, names, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False
-    )
+    rows = -(-len(names) // 8)
+    height = fig.get_figheight()
+    fig.legend(handles, names, loc="lower center", ncol=min(8, len(names)), fontsize=8,
+               frameon=False, handlelength=1.2, columnspacing=1.0)  # fmt: skip
+    fig.tight_layout(rect=(0, min(0.4, (0.15 + 0.22 * rows) / height), 1, 1))
 
 
 def _label_map(x: np.ndarray | torch.Tensor) -> np.ndarray | None:
@@ -112,7 +115,7 @@ def plot_label_maps(
     panels = [(image_title, _panel(image))] + [(t, _panel(m)) for t, m in maps.items()]
     ncols = ncols or len(panels)
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.4 * ncols + 1.2, 2.4 * nrows),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.4 * nrows + 0.9),
                              squeeze=False)  # fmt: skip
     for ax in axes.flat:
         ax.axis("off")
@@ -120,8 +123,7 @@ def plot_label_maps(
         ax.imshow(picture)
         ax.set_title(title, fontsize=9)
     present = [_label_map(m) for m in maps.values()]
-    _legend(axes[0, -1], np.concatenate([m.ravel() for m in present if m is not None]))
-    fig.tight_layout()
+    _legend(fig, np.concatenate([m.ravel() for m in present if m is not None]))
     return fig
 
 
@@ -142,7 +144,7 @@ def plot_examples(
     """
     heads = ["image", *columns]
     rows = len(images)
-    fig, axes = plt.subplots(rows, len(heads), figsize=(2.3 * len(heads) + 1.4, 2.3 * rows),
+    fig, axes = plt.subplots(rows, len(heads), figsize=(2.5 * len(heads), 2.3 * rows + 0.9),
                              squeeze=False)  # fmt: skip
     present = []
     for r in range(rows):
@@ -159,8 +161,9 @@ def plot_examples(
         if titles is not None:
             axes[r, 0].set_ylabel(titles[r], fontsize=9)
     if present:
-        _legend(axes[0, -1], np.concatenate(present))
-    fig.tight_layout()
+        _legend(fig, np.concatenate(present))
+    else:
+        fig.tight_layout()
     return fig
 
 
