@@ -14,7 +14,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # every stage prints how long it took
 timed = start=$$(date +%s); $(1); echo "[time] $(2): $$(( $$(date +%s) - start ))s"
 
-.PHONY: book test lint unit notebooks colab build browser execute bench clean env
+.PHONY: book test lint unit model notebooks colab build browser execute bench clean env
 
 env: $(STAMP)
 
@@ -52,7 +52,12 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(PYTEST) tests --durations=15
 
-notebooks: $(STAMP)
+# the fast-mode model the chapters share, trained once as its own visible step (cached under
+# data/runs), so that no notebook cell trains while nbval times it
+model: $(STAMP)
+	$(PY) -m deeplab_edu.runs
+
+notebooks: $(STAMP) model
 	@for nb in $(NOTEBOOKS); do \
 	  $(call timed,$(PYTEST) --nbval-lax --nbval-cell-timeout=900 -q $$nb,notebook $$nb); \
 	done
@@ -73,6 +78,7 @@ browser: $(STAMP)
 test: $(STAMP) $(MATHJAX)
 	@$(call timed,$(MAKE) --no-print-directory lint,lint)
 	@$(call timed,$(MAKE) --no-print-directory unit,unit tests)
+	@$(call timed,$(MAKE) --no-print-directory model,the shared fast-mode model)
 	@$(call timed,$(MAKE) --no-print-directory notebooks,all notebooks (nbval))
 	@$(call timed,$(MAKE) --no-print-directory colab,all chapters as on Colab)
 	@$(call timed,$(MAKE) --no-print-directory build,strict book build)

@@ -7,12 +7,16 @@
   Python containers; a checkpoint downloaded from somewhere else cannot execute code. That is
   why everything we store is tensors, numbers, strings, lists and dicts (the training
   configuration is stored as a dict, not as a pickled dataclass).
+- **A digest.** Each checkpoint stores the SHA-256 of its own contents (every tensor's bytes,
+  every number and string), checked on every load: a file damaged on disk or in a copy is
+  refused, never loaded with a few silently wrong weights.
 - **The metrics log** ``metrics.jsonl`` gets one JSON line per iteration, appended as training
   goes; a resumed run first drops the lines after its checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,7 @@ import torch
 
 from deeplab_edu.fetch import atomic_write
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: with the SHA-256 of the contents
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -35,8 +39,28 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         The path written.
     """
     with atomic_write(path) as handle:
-        torch.save({"format": FORMAT_VERSION, **state}, handle)
+        torch.save({"format": FORMAT_VERSION, "sha256": _digest(state), **state}, handle)
     return Path(path)
+
+
+def _digest(value: Any, digest: Any = None) -> str:
+    """SHA-256 of a checkpoint's contents: keys, tensors (dtype, shape, bytes) and plain values."""
+    digest = digest or hashlib.sha256()
+    if isinstance(value, dict):
+        for key in sorted(value, key=str):
+            digest.update(f"<{key}>".encode())
+            _digest(value[key], digest)
+    elif isinstance(value, list | tuple):
+        digest.update(f"[{len(value)}".encode())
+        for item in value:
+            _digest(item, digest)
+    elif isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    else:
+        digest.update(repr(value).encode())
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
@@ -67,6 +91,12 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise ValueError(
             f"{path}: expected a deeplab-edu checkpoint (a dict with format={FORMAT_VERSION}), "
             f"got a {type(state).__name__} without that format number"
+        )
+    contents = {k: v for k, v in state.items() if k not in ("format", "sha256")}
+    if state.get("sha256") != _digest(contents):
+        raise ValueError(
+            f"{path} is damaged: its contents do not match the SHA-256 stored with them "
+            "(a disk or copy error); use an earlier copy or train again"
         )
     return state
 

@@ -22,6 +22,7 @@ from deeplab_edu.crf.kernels import NORMALIZATIONS, CRFParams
 from deeplab_edu.crf_search import SearchConfig, load_best, search
 from deeplab_edu.data import VOCSegmentation, ensure_toy_voc, make_toy_voc, voc_dir
 from deeplab_edu.data.download import prepare_voc
+from deeplab_edu.data.toy import ToyConfig
 from deeplab_edu.evaluate import EvalConfig, evaluate, write_results
 from deeplab_edu.models import VARIANTS, vgg16_imagenet_state_dict
 from deeplab_edu.runs import load_trained
@@ -233,8 +234,9 @@ def _make_toy(args: argparse.Namespace) -> None:
         return
     if args.out is None:
         raise UsageError("--out is needed with --n-train/--n-val/--size")
-    sizes = {k: v for k, v in (("n_train", args.n_train), ("n_val", args.n_val),
-                               ("size", args.size)) if v is not None}  # fmt: skip
+    defaults = ToyConfig()  # the sizes not given are the teaching set's
+    sizes = {k: getattr(defaults, k) if getattr(args, k) is None else getattr(args, k)
+             for k in ("n_train", "n_val", "size")}  # fmt: skip
     for name, value in sizes.items():
         if value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")

@@ -216,7 +216,14 @@ def search(
     device = next(model.parameters()).device
     state = {"config": config.to_dict(), "images": images, "trials": []}
     if state_path is not None and Path(state_path).is_file():
-        saved = json.loads(Path(state_path).read_text())
+        try:
+            saved = json.loads(Path(state_path).read_text())
+            saved["trials"] = [t for t in saved["trials"] if isinstance(t, dict)]
+        except (ValueError, KeyError, TypeError) as error:  # torn or not a search file
+            raise ValueError(
+                f"{state_path} is not a CRF search state ({type(error).__name__}: {error}); "
+                "delete it to start the search again"
+            ) from error
         if (saved.get("config"), saved.get("images")) != (state["config"], images):
             raise ValueError(f"{state_path} holds a search with another configuration")
         state["trials"] = saved["trials"]

@@ -120,6 +120,10 @@ def evaluate(
         ValueError: for an empty data set.
     """
     config = config or EvalConfig.for_mode()
+    if config.max_images is not None and (
+        not isinstance(config.max_images, int) or config.max_images < 1
+    ):
+        raise ValueError(f"max_images must be None or an int >= 1, got {config.max_images!r}")
     count = len(dataset) if config.max_images is None else min(config.max_images, len(dataset))
     if count == 0:
         raise ValueError("the evaluation data set is empty")

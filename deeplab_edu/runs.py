@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from deeplab_edu import runtime
-from deeplab_edu.checkpoint import load_checkpoint
+from deeplab_edu.checkpoint import FORMAT_VERSION, load_checkpoint
 from deeplab_edu.data import voc_dir
 from deeplab_edu.models import deeplab
 from deeplab_edu.train import TrainConfig, train
@@ -48,9 +48,15 @@ def load_trained(
         ``(model in eval mode, its TrainConfig)``.
 
     Raises:
-        ValueError: if the checkpoint holds another variant than ``variant``.
+        ValueError: if the checkpoint holds another variant than ``variant``, has no training
+            configuration, or weights that do not fit the network it names.
     """
     state = load_checkpoint(path)
+    if not isinstance(state.get("config"), dict) or "model" not in state:
+        raise ValueError(
+            f"{path} has no training configuration or weights: expected a checkpoint written by "
+            "deeplab_edu.train (python -m deeplab_edu train)"
+        )
     config = TrainConfig.from_dict(state["config"])
     if variant is not None and variant != config.variant:
         raise ValueError(
@@ -58,15 +64,20 @@ def load_trained(
             f"not {variant!r}; pass --variant {config.variant!r} or another checkpoint"
         )
     model = deeplab(config.variant, width=config.width, msc=config.msc)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:  # tensors of other shapes than the configuration says
+        raise ValueError(f"{path}: its weights do not fit a {config.variant!r} of width "
+                         f"{config.width}: {str(error).splitlines()[0]}") from error  # fmt: skip
     return model.to(device or runtime.device()).eval(), config
 
 
 def run_key(config: TrainConfig) -> str:
-    """A short hash of the configuration and of the training split's image list."""
+    """A short hash of the configuration, the training split's image list and the checkpoint
+    format (a run of an older format is trained again, not misread)."""
     split_file = voc_dir(config.dataset) / "ImageSets" / "Segmentation" / f"{config.split}.txt"
     listing = split_file.read_text() if split_file.is_file() else ""
-    text = json.dumps(config.to_dict(), sort_keys=True) + listing
+    text = json.dumps(config.to_dict(), sort_keys=True) + listing + str(FORMAT_VERSION)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -125,3 +136,11 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+if __name__ == "__main__":  # `python -m deeplab_edu.runs`: train (or load) the shared fast run
+    config = TrainConfig.fast()
+    state = "ready" if is_complete(config) else "training it now (a few minutes on a CPU)"
+    print(f"the shared fast-mode model, {runtime.shown_path(run_dir(config))}: {state}", flush=True)
+    cached_run(config, progress=False)
+    print("the shared fast-mode model is ready", flush=True)

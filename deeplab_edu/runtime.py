@@ -81,12 +81,22 @@ def _checkout_root() -> Path | None:
 
 
 def data_root() -> Path:
-    """The folder holding data sets, weights and cached runs (see the module docstring)."""
+    """The folder holding data sets, weights and cached runs (see the module docstring).
+
+    Raises:
+        NotADirectoryError: if that path exists and is a file.
+    """
     raw = os.environ.get(DATA_ENV)
     if raw:
-        return Path(raw).expanduser().resolve()
-    checkout = _checkout_root()
-    return checkout / "data" if checkout is not None else Path.cwd() / "data"
+        root = Path(raw).expanduser().resolve()
+    else:
+        checkout = _checkout_root()
+        root = checkout / "data" if checkout is not None else Path.cwd() / "data"
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(
+            f"the data root {root} is a file, not a folder: set {DATA_ENV} to a folder"
+        )
+    return root
 
 
 def seed_everything(seed: int) -> torch.Generator:

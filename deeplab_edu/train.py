@@ -45,6 +45,9 @@ from deeplab_edu.models.deeplab import MSC_PREFIX, NEW_LAYER_PREFIXES, DeepLab
 from deeplab_edu.models.field import OUTPUT_STRIDE
 from deeplab_edu.models.pretrained import initialise
 
+# settings that do not change the result, and so may differ when a run is resumed
+RESUMABLE_CHANGES = ("num_workers", "checkpoint_every")
+
 
 @dataclass
 class TrainConfig(runtime.ModeConfig):
@@ -91,6 +94,8 @@ class TrainConfig(runtime.ModeConfig):
                 "iterations, batch_size and checkpoint_every must be >= 1, got "
                 f"{self.iterations}, {self.batch_size}, {self.checkpoint_every}"
             )
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
         if self.crop < OUTPUT_STRIDE + 1:
             raise ValueError(f"crop must be at least {OUTPUT_STRIDE + 1} pixels, got {self.crop}")
         if not (math.isfinite(self.lr) and self.lr > 0) or self.lr_step < 1:
@@ -325,9 +330,15 @@ def _resume(
     """
     state = load_checkpoint(path, map_location=device)
     wanted = config.to_dict()
-    if state["config"] != wanted:
-        changed = {k: (v, wanted.get(k)) for k, v in state["config"].items() if wanted.get(k) != v}
-        raise ValueError(f"{path} was trained with another configuration: {changed}")
+    changed = {
+        k: (v, wanted.get(k)) for k, v in state["config"].items()
+        if wanted.get(k) != v and k not in RESUMABLE_CHANGES
+    }  # fmt: skip
+    if changed:
+        raise ValueError(
+            f"{path} was trained with another configuration: {changed} (saved, asked); resume "
+            "with the same values, or train into another folder"
+        )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return int(state["iteration"])

@@ -327,6 +327,11 @@ def dense_crf(
     """
     params = _params(params, changes)
     if isinstance(probs, torch.Tensor) and probs.ndim == 4:
+        if getattr(image, "ndim", 4) != 4:
+            raise ValueError(
+                f"probs are a batch (B, C, H, W) {tuple(probs.shape)} but image is not a batch "
+                f"(B, H, W, 3): got shape {tuple(image.shape)}"
+            )
         if len(image) != len(probs):
             raise ValueError(
                 f"batch sizes differ: {len(image)} images, {len(probs)} probability maps"

@@ -29,6 +29,7 @@ import warnings
 import torch
 
 _KEY_BITS = 62  # integer keys must fit in int64 with a margin
+_MAX_FEATURE = 2.0**15  # elevated coordinates stay far below float32's 2^24 integer limit
 
 
 class PermutohedralLattice:
@@ -54,6 +55,13 @@ class PermutohedralLattice:
             raise ValueError(f"features must be a non-empty (N, d) tensor, got {features.shape}")
         if not torch.isfinite(features).all():
             raise ValueError("features must be finite (found NaN or inf)")
+        largest = features.abs().max().item()
+        if largest > _MAX_FEATURE:  # float32 lattice coordinates would lose whole units
+            raise ValueError(
+                f"features span too wide a range for the lattice (largest |f| = {largest:.3g}, "
+                f"at most {_MAX_FEATURE:g}): a bandwidth is far too small for these positions or "
+                "colours; divide them by larger bandwidths"
+            )
         f = features.to(torch.float32)
         n, d = f.shape
         self.num_points, self.dim = n, d

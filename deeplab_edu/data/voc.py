@@ -5,6 +5,7 @@ This is the only place in the project where class names and colours are defined.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def read_mask(path: str | Path) -> np.ndarray:
                     f"indices, got mode {image.mode!r}"
                 )
             mask = np.array(image, dtype=np.uint8)
-    except (OSError, SyntaxError) as error:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: not a readable PNG mask ({error})") from error
     bad = np.setdiff1d(np.unique(mask), [*range(NUM_CLASSES), IGNORE_INDEX])
     if bad.size:
@@ -133,6 +134,29 @@ _HOW_TO_GET_VOC = (
 )
 
 
+_ID = re.compile(r"^[A-Za-z0-9_.-]+$")  # VOC ids: 2007_000032, toy_train_00001, ...
+
+
+def _read_ids(list_file: Path) -> list[str]:
+    """The image ids of a split list: one per line (a UTF-8 BOM and blank lines are ignored).
+
+    Raises:
+        ValueError: for a line that is not one plain id (a second column, a path, ``..``).
+    """
+    ids = []
+    for number, line in enumerate(list_file.read_text(encoding="utf-8-sig").splitlines(), 1):
+        image_id = line.strip()
+        if not image_id:
+            continue
+        if not _ID.match(image_id) or image_id in (".", ".."):
+            raise ValueError(
+                f"{list_file}, line {number}: expected one image id (letters, digits, '_', '-', "
+                f"'.'), got {line!r}"
+            )
+        ids.append(image_id)
+    return ids
+
+
 class VOCSegmentation(Dataset):
     """A VOC-format segmentation set: PASCAL VOC 2012, the augmented ``train_aug`` list, the
     generated teaching set, or ``../shared/voc-sample``; all share one on-disk layout.
@@ -188,8 +212,7 @@ class VOCSegmentation(Dataset):
                 f"split list not found: {list_file} (splits present: {found or 'none'}).{hint} "
                 f"{_HOW_TO_GET_VOC}"
             )
-        self.ids: list[str] = [line.strip() for line in list_file.read_text().splitlines()]
-        self.ids = [image_id for image_id in self.ids if image_id]
+        self.ids: list[str] = _read_ids(list_file)
         if not self.ids:
             raise ValueError(f"split list {list_file} is empty: expected one image id per line")
         self.mask_dir = self.voc_dir / (

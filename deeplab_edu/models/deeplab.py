@@ -168,8 +168,8 @@ class DeepLab(nn.Module):
 
     def __init__(self, config: Variant, *, num_classes: int, width: float, msc: bool) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
         if not 0 < width <= 1:
             raise ValueError(f"width must be in (0, 1], got {width}")
         self.variant, self.config, self.width = config.name, config, width
