@@ -257,12 +257,13 @@ def search(
     visited: list[dict] = []  # this search's trials in order (ties go to the earliest)
 
     def run(points: list[Point], stage: str) -> dict:
-        bar.total = (bar.total or 0) + len(points)
+        # the bar counts CRF runs: a point met again (grids overlap, or resumed) costs nothing
+        bar.total = (bar.total or 0) + sum(point not in done for point in points)
         for point in points:
+            new = point not in done
             visited.append(score(point, stage))
-            bar.update(1)
-        best = max(visited, key=lambda t: t["miou"])
-        return best
+            bar.update(new)
+        return max(visited, key=lambda t: t["miou"])
 
     def as_point(trial: dict) -> Point:
         return tuple(trial[name] for name in AXES)

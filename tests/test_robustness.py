@@ -4,7 +4,6 @@ robustness review (each failed before its fix)."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -190,4 +189,3 @@ def test_hostile_list_files_and_masks(tmp_path, toy_dir, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels > 2x the limit
     with pytest.raises(ValueError, match="not a readable PNG mask"):
         read_mask(mask)
-    assert json.loads((toy_dir / "toy.json").read_text())["n_train"] == 4

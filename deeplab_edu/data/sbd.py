@@ -3,17 +3,21 @@ training set ``train_aug``: 10,582 images = SBD train + SBD val + VOC 2012 train
 
 SBD stores each annotation as a MATLAB v5 ``.mat`` file (``cls/<id>.mat``, a struct ``GTcls``
 whose field ``Segmentation`` holds the class indices). torchvision's ``SBDataset`` reads them
-with SciPy; to avoid that dependency this module carries a small reader for the part of the
-MAT v5 format those files use (numeric arrays, structs, cells, strings, sparse matrices,
-zlib-compressed elements).
+with SciPy; this module carries a small reader for the part of the MAT v5 format those files
+use (numeric arrays, structs, cells, strings, sparse matrices, zlib-compressed elements). It
+checks every size against the bytes present before allocating anything, which SciPy does not:
+a 208-byte file declaring a 30000 x 30000 struct array makes ``scipy.io.loadmat`` allocate
+gigabytes (measured), and this reader refuse it. ``tests/test_sbd_fuzz.py`` holds it to that
+on thousands of damaged files.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -29,16 +33,28 @@ _MX_CELL, _MX_STRUCT, _MX_OBJECT, _MX_CHAR, _MX_SPARSE = 1, 2, 3, 4, 5
 _MX_NUMERIC = {
     6: "f8", 7: "f4", 8: "i1", 9: "u1", 10: "i2", 11: "u2", 12: "i4", 13: "u4", 14: "i8", 15: "u8",
 }  # fmt: skip
+MAX_BYTES = 64 << 20  # larger than any SBD annotation (a few hundred KiB), once inflated
+MAX_DEPTH = 16  # SBD nests three levels: struct -> cell -> sparse matrix
 
 
 class _Reader:
-    """Walks the data elements of a MAT v5 byte string."""
+    """Walks the data elements of a MAT v5 byte string.
 
-    def __init__(self, data: bytes, endian: str, source: str) -> None:
-        self.data, self.endian, self.source, self.pos = data, endian, source, 0
+    Every size it reads is checked against the bytes that are actually there before anything is
+    allocated, nesting is limited and decompression is capped, so a damaged or hostile file
+    costs at most a few times its own size in memory and ends in a ``ValueError``.
+    """
 
-    def fail(self, what: str) -> None:
+    def __init__(self, data: bytes, endian: str, source: str, depth: int = 0) -> None:
+        self.data, self.endian, self.source, self.pos, self.depth = data, endian, source, 0, depth
+        if depth > MAX_DEPTH:
+            self.fail(f"cells or structs nested deeper than {MAX_DEPTH} levels")
+
+    def fail(self, what: str) -> NoReturn:
         raise ValueError(f"{self.source}: not a MAT v5 file this reader understands ({what})")
+
+    def inner(self, data: bytes) -> _Reader:
+        return _Reader(data, self.endian, self.source, self.depth + 1)
 
     def tag(self) -> tuple[int, int, int]:
         """Returns (type, nbytes, start of the data); handles the 4-byte "small element" form."""
@@ -46,68 +62,119 @@ class _Reader:
             self.fail("truncated element tag")
         first, second = struct.unpack_from(self.endian + "II", self.data, self.pos)
         if first >> 16:  # small data element: 2-byte size, 2-byte type, data in 4 bytes
+            if first >> 16 > 4:
+                self.fail(f"a small element of {first >> 16} bytes (at most 4)")
             start, self.pos = self.pos + 4, self.pos + 8
             return first & 0xFFFF, first >> 16, start
         start = self.pos + 8
         # elements are padded to 8 bytes, except compressed ones
         self.pos = start + second + (0 if first == _MI_COMPRESSED else -second % 8)
         if start + second > len(self.data):
-            self.fail("truncated element")
+            self.fail(f"an element of {second} bytes where {len(self.data) - start} remain")
         return first, second, start
+
+    def decompress(self, raw: bytes) -> bytes:
+        inflater = zlib.decompressobj()
+        try:
+            data = inflater.decompress(raw, MAX_BYTES)
+        except zlib.error as error:
+            self.fail(f"corrupt compressed element: {error}")
+        if inflater.unconsumed_tail:
+            self.fail(f"a compressed element larger than {MAX_BYTES >> 20} MiB once inflated")
+        return data
 
     def element(self) -> tuple[int, Any]:
         kind, nbytes, start = self.tag()
         raw = self.data[start : start + nbytes]
         if kind == _MI_COMPRESSED:
-            try:
-                inner = _Reader(zlib.decompress(raw), self.endian, self.source)
-            except zlib.error as error:
-                self.fail(f"corrupt compressed element: {error}")
-            return inner.element()
+            return self.inner(self.decompress(raw)).element()
         if kind == _MI_MATRIX:
-            return kind, _Reader(raw, self.endian, self.source).matrix() if nbytes else None
+            return kind, self.inner(raw).matrix() if nbytes else None
         if kind not in _MI_DTYPES:
             self.fail(f"unknown data type {kind}")
-        return kind, np.frombuffer(raw, dtype=np.dtype(_MI_DTYPES[kind]).newbyteorder(self.endian))
+        dtype = np.dtype(_MI_DTYPES[kind]).newbyteorder(self.endian)
+        if nbytes % dtype.itemsize:
+            self.fail(f"{nbytes} bytes of {dtype.itemsize}-byte numbers")
+        return kind, np.frombuffer(raw, dtype=dtype)
 
-    def numbers(self) -> np.ndarray:
+    def numbers(self, what: str) -> np.ndarray:
         kind, value = self.element()
         if kind == _MI_MATRIX:
-            self.fail("expected numbers, found a matrix")
+            self.fail(f"expected {what}, found a matrix")
         return value
 
+    def integers(self, what: str, minimum: int = 0) -> list[int]:
+        values = self.numbers(what)
+        if values.dtype.kind not in "iu" or (values.size and values.min() < minimum):
+            self.fail(
+                f"expected {what} as integers >= {minimum}, found {values.dtype} {values[:4]}"
+            )
+        return [int(v) for v in values]
+
+    def text(self, what: str) -> str:
+        codes = self.integers(what)
+        if codes and max(codes) > 0x10FFFF:
+            self.fail(f"{what}: character code {max(codes)} beyond Unicode")
+        return "".join(map(chr, codes))
+
     def matrix(self) -> Any:
-        flags = self.numbers()
-        array_class, complex_ = int(flags[0]) & 0xFF, bool(int(flags[0]) & 0x800)
-        dims = tuple(int(d) for d in self.numbers())
-        self.numbers()  # the array's name (empty inside structs and cells)
-        count = int(np.prod(dims))
+        flags = self.integers("array flags")
+        if len(flags) != 2:
+            self.fail(f"array flags should be 2 numbers, found {len(flags)}")
+        array_class, complex_ = flags[0] & 0xFF, bool(flags[0] & 0x800)
+        dims = tuple(self.integers("dimensions"))
+        if len(dims) < 2:
+            self.fail(f"dimensions should be at least 2 numbers, found {dims}")
+        count = math.prod(dims)
+        self.text("array name")  # empty inside structs and cells
         if array_class in _MX_NUMERIC:
-            real = self.numbers().astype(_MX_NUMERIC[array_class])
+            values = self.numbers("numbers")
             if complex_:
-                real = real + 1j * self.numbers()
-            return real.reshape(dims, order="F")
+                imaginary = self.numbers("imaginary parts")
+                if imaginary.size != values.size:
+                    self.fail(f"{values.size} real parts and {imaginary.size} imaginary parts")
+                values = values + 1j * imaginary
+            if values.size != count:
+                self.fail(f"an array of shape {dims} holding {values.size} numbers")
+            if not complex_:
+                values = values.astype(_MX_NUMERIC[array_class])
+            return values.reshape(dims, order="F")
         if array_class == _MX_CHAR:
-            return "".join(map(chr, self.numbers()))
+            return self.text("characters")
+        # every element of a cell or struct array is at least one 8-byte tag in the file
+        remaining = len(self.data) - self.pos
         if array_class == _MX_CELL:
+            if 8 * count > remaining:
+                self.fail(f"a cell array of shape {dims} in {remaining} bytes")
             cells = [self.element()[1] for _ in range(count)]
             return cells[0] if count == 1 else cells
         if array_class in (_MX_STRUCT, _MX_OBJECT):
             if array_class == _MX_OBJECT:
-                self.numbers()  # class name
-            length = int(self.numbers()[0])
-            names_raw = self.numbers().tobytes()
-            names = [
-                names_raw[k : k + length].split(b"\0")[0].decode("ascii")
-                for k in range(0, len(names_raw), length)
-            ]
+                self.text("class name")
+            lengths = self.integers("field name length")
+            raw_names = self.numbers("field names").tobytes()
+            length = lengths[0] if len(lengths) == 1 else 0
+            if length < 1 or len(raw_names) % length:
+                self.fail(f"{len(raw_names)} bytes of field names of length {length}")
+            try:
+                names = [
+                    raw_names[k : k + length].split(b"\0")[0].decode("ascii")
+                    for k in range(0, len(raw_names), length)
+                ]
+            except UnicodeDecodeError:
+                self.fail("a field name that is not ASCII")
+            if 8 * count * max(len(names), 1) > remaining:
+                self.fail(
+                    f"a struct array of shape {dims} with {len(names)} fields in {remaining} bytes"
+                )
             items = [{name: self.element()[1] for name in names} for _ in range(count)]
             return items[0] if count == 1 else items
         if array_class == _MX_SPARSE:  # row indices, column starts, values: kept as a dict
-            ir, jc, values = self.numbers(), self.numbers(), self.numbers()
-            return {"shape": dims, "rows": ir, "column_starts": jc, "values": values}
+            rows = self.numbers("row indices")
+            starts = self.numbers("column starts")
+            values = self.numbers("values")
+            return {"shape": dims, "rows": rows, "column_starts": starts, "values": values}
         self.fail(f"unsupported array class {array_class}")
-        return None
 
 
 def read_mat(path: str | Path) -> dict[str, Any]:
@@ -127,16 +194,19 @@ def read_mat(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MAT file not found: {path}")
+    if path.stat().st_size > MAX_BYTES:
+        raise ValueError(
+            f"{path}: {path.stat().st_size >> 20} MiB, larger than any SBD annotation "
+            f"(at most {MAX_BYTES >> 20} MiB expected)"
+        )
     data = path.read_bytes()
     if len(data) < 128 or data[126:128] not in (b"IM", b"MI"):
         raise ValueError(f"{path}: not a MATLAB v5 .mat file (no v5 header)")
     endian = "<" if data[126:128] == b"IM" else ">"
     try:
         return _read_variables(data[128:], endian, str(path))
-    except (struct.error, ValueError, IndexError, UnicodeDecodeError) as error:
-        if str(error).startswith(str(path)):
-            raise
-        raise ValueError(f"{path}: unreadable MAT v5 file ({error})") from error
+    except (struct.error, IndexError) as error:  # a check above has a gap: still say which file
+        raise ValueError(f"{path}: unreadable MAT v5 file ({error!r})") from error
 
 
 def _read_variables(data: bytes, endian: str, source: str) -> dict[str, Any]:
@@ -146,20 +216,16 @@ def _read_variables(data: bytes, endian: str, source: str) -> dict[str, Any]:
         kind, nbytes, start = reader.tag()
         raw = reader.data[start : start + nbytes]
         if kind == _MI_COMPRESSED:
-            try:
-                raw = zlib.decompress(raw)
-            except zlib.error as error:
-                raise ValueError(f"{source}: corrupt compressed variable ({error})") from error
-            inner = _Reader(raw, endian, source)
+            inner = reader.inner(reader.decompress(raw))
             kind, nbytes, start = inner.tag()
             raw = inner.data[start : start + nbytes]
         if kind != _MI_MATRIX:
             continue
-        header = _Reader(raw, endian, source)
-        header.numbers()  # flags
-        header.numbers()  # dimensions
-        name = "".join(map(chr, header.numbers()))
-        variables[name] = _Reader(raw, endian, source).matrix()
+        header = reader.inner(raw)
+        header.integers("array flags")
+        header.integers("dimensions")
+        name = header.text("variable name")
+        variables[name] = reader.inner(raw).matrix()
     return variables
 
 
