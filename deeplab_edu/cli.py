@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from deeplab_edu.data import VOCSegmentation, ensure_toy_voc, make_toy_voc, voc_
 from deeplab_edu.data.download import prepare_voc
 from deeplab_edu.data.toy import ToyConfig
 from deeplab_edu.evaluate import EvalConfig, evaluate, write_results
+from deeplab_edu.exercises import EXERCISES, check
 from deeplab_edu.models import VARIANTS, vgg16_imagenet_state_dict
 from deeplab_edu.runs import load_trained
 from deeplab_edu.train import TrainConfig, train
@@ -146,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_search(sub)
+    p = sub.add_parser("grade", help="check a student's functions against the package's own",
+                       description="Runs the checker of every exercise whose function the file "
+                       "defines: " + ", ".join(e.function for e in EXERCISES.values()) + ". "
+                       "Exit status 0 if all of them pass, 1 if one does not.")  # fmt: skip
+    p.add_argument("submission", type=Path, help="a Python file defining the functions")
     return parser
 
 
@@ -243,8 +250,29 @@ def _make_toy(args: argparse.Namespace) -> None:
     print(f"teaching set in {make_toy_voc(args.out, seed=args.seed, **sizes)}")
 
 
+def _grade(args: argparse.Namespace) -> int:
+    path = args.submission
+    if path.suffix != ".py" or not path.is_file():
+        raise UsageError(f"expected a Python file (.py) with the functions, got {path}")
+    spec = importlib.util.spec_from_file_location("submission", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # noqa: BLE001 - the student's file: one line, never a traceback
+        raise UsageError(f"{path} does not run: {type(error).__name__}: {error}") from error
+    found = [e for e in EXERCISES.values() if callable(getattr(module, e.function, None))]
+    if not found:
+        names = ", ".join(e.function for e in EXERCISES.values())
+        raise UsageError(f"{path} defines none of the graded functions ({names})")
+    reports = [check(e.name, getattr(module, e.function)) for e in found]
+    passed = sum(map(bool, reports))
+    print(f"{passed} of {len(reports)} exercises passed")
+    return 0 if passed == len(reports) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; return the exit status (0 ok, 2 a usage or data error).
+    """Run one command; return the exit status (0 ok, 1 an exercise not passed, 2 a usage or
+    data error).
 
     Every foreseeable failure (a wrong option, missing data, a checkpoint that does not fit, a
     diverged run) is one line on stderr; an unexpected error keeps its traceback.
@@ -255,15 +283,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": _train, "evaluate": _evaluate, "crf-search": _search,
-                "download": _download, "make-toy-data": _make_toy}  # fmt: skip
+                "download": _download, "make-toy-data": _make_toy, "grade": _grade}  # fmt: skip
     try:
-        handlers[args.command](args)
+        status = handlers[args.command](args)
     except (UsageError, OSError, ValueError, FloatingPointError) as error:
         if not isinstance(error, UsageError | OSError) and not _raised_by_us(error):
             raise  # a ValueError from inside a library is a bug: keep its traceback
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 def _raised_by_us(error: BaseException) -> bool:

@@ -321,3 +321,29 @@ def test_reference_adapter_refuses_what_it_cannot_compare(pydensecrf):
         dense_crf(image, probs, method="pydensecrf", normalization="none")
     with pytest.raises(ValueError, match="exclude_self"):
         dense_crf(image, probs, method="pydensecrf", exclude_self=True)
+
+
+def test_grid_message_is_the_adjacency_matrix_times_q():
+    from deeplab_edu.crf.grid import grid_energy, grid_message
+    from deeplab_edu.crf.meanfield import iterate
+
+    height, width, n = 5, 7, 35
+    adjacency = torch.zeros(n, n)
+    for i in range(height):
+        for j in range(width):
+            for di, dj in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+                if 0 <= i + di < height and 0 <= j + dj < width:
+                    adjacency[i * width + j, (i + di) * width + j + dj] = 1.0
+    q = torch.softmax(torch.randn(n, 4), 1)
+    torch.testing.assert_close(grid_message(height, width, 0.7)(q), 0.7 * adjacency @ q)
+    unary = -torch.log_softmax(torch.randn(n, 4), 1)
+    unchanged, _, _ = iterate(unary, grid_message(height, width, 0.0), iterations=5)
+    torch.testing.assert_close(unchanged, torch.softmax(-unary, 1))
+    # E = unaries of the chosen labels + w per disagreeing neighbour pair (2 cuts here)
+    labels = torch.zeros(2, 2, dtype=torch.long)
+    labels[0, 0] = 1
+    costs = torch.arange(8.0).reshape(4, 2)  # theta_i(l) = 2 i + l
+    assert grid_energy(labels, costs, 1.5) == (1 + 2 + 4 + 6) + 1.5 * 2
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="weight must be finite and >= 0"):
+            grid_message(3, 3, bad)

@@ -27,6 +27,7 @@ LAYERS = {
     "deeplab_edu.evaluate": 4,
     "deeplab_edu.crf_search": 4,
     "deeplab_edu.viz": 4,
+    "deeplab_edu.exercises": 4,
     "deeplab_edu.cli": 5,
     "deeplab_edu.__main__": 5,
 }

@@ -7,8 +7,13 @@ import re
 import tomllib
 from pathlib import Path
 
+import nbformat
+import pytest
 import yaml
 from packaging.requirements import Requirement
+
+from deeplab_edu.exercises import EXERCISES
+from tools.student_edition import chapters, is_solution, student_notebook, write
 
 REPO = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((REPO / "book").glob("*.ipynb"))
@@ -61,7 +66,11 @@ def test_chapters_follow_the_template() -> None:
         assert 'if "google.colab" in sys.modules:' in text[1], f"{chapter.name}: setup cell"
         assert "runtime.describe(" in text[1], f"{chapter.name}: setup cell prints mode/device"
         assert any("## Summary" in t for t in text), f"{chapter.name}: no Summary"
-        assert any("## Exercises" in t and "<details>" in t for t in text), chapter.name
+        assert any("## Exercises" in t for t in text), f"{chapter.name}: no Exercises"
+        for opening in ("**Learning objectives.**", "**Prerequisites:**", "**Time to run:**"):
+            assert opening in text[0], f"{chapter.name}: the first cell has no {opening}"
+        solutions = [t for c, t in zip(cells, text, strict=True) if is_solution(c)]
+        assert any("<summary>Solutions</summary>" in t for t in solutions), chapter.name
         code = [c for c in cells if c["cell_type"] == "code"]
         assert all(c.get("outputs") for c in code[:2]), f"{chapter.name}: committed without outputs"
         assert not re.search(r"device\s*=\s*['\"]cuda", "".join(text)), f"{chapter.name}: cuda"
@@ -115,3 +124,79 @@ def test_committed_outputs_show_no_machine_paths() -> None:
             text = json.dumps(cell.get("outputs", []))
             found += [f"{chapter.name} cell {index}: {m}" for m in MACHINE_PATH.findall(text)]
     assert found == []
+
+
+CHECK_CALL = re.compile(r'check\("([\w.]+)", (\w+)\)')
+
+
+def test_core_chapters_have_a_graded_exercise_and_its_solution() -> None:
+    """Each exercise of deeplab_edu.exercises is posed in its chapter (a stub and the checker,
+    kept in the student edition) and solved in a cell tagged ``solution``."""
+    posed, solved = {}, {}
+    for chapter in CHAPTERS:
+        for cell in json.loads(chapter.read_text())["cells"]:
+            for name, function in CHECK_CALL.findall("".join(cell["source"])):
+                assert EXERCISES[name].function == function, (chapter.name, name, function)
+                target = solved if is_solution(cell) else posed
+                target[name] = chapter.stem
+                if not is_solution(cell):
+                    assert "raise NotImplementedError" in "".join(cell["source"]), chapter.name
+    assert posed == solved and set(posed) == set(EXERCISES)
+    stems = {"network": "vgg_to_deeplab"}
+    assert all(
+        chapter == stems.get(n.split(".")[0], n.split(".")[0]) for n, chapter in posed.items()
+    )
+
+
+def test_student_edition_keeps_every_exercise_and_no_solution(tmp_path) -> None:
+    written = write(tmp_path)
+    assert [p.name for p in written] == [p.name for p in chapters()]
+    assert sorted(p.name for p in (tmp_path / "instructor").iterdir()) == sorted(
+        p.name for p in written
+    )
+    for path in written:
+        original = nbformat.read(REPO / "book" / path.name, as_version=4)
+        student = nbformat.read(path, as_version=4)
+        kept = [c.source for c in original.cells if not is_solution(c)]
+        assert [c.source for c in student.cells] == kept, path.name
+        text = "\n".join(c.source for c in student.cells)
+        assert "## Exercises" in text and "<summary>Solutions" not in text, path.name
+        assert len(student.cells) < len(original.cells), f"{path.name}: nothing removed"
+    leaky = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+        "<details>\n<summary>Solutions</summary>\n\n1. 42\n</details>")])  # fmt: skip
+    with pytest.raises(ValueError, match="an untagged cell holds solutions"):
+        student_notebook(leaky)
+
+
+TIME = re.compile(r"\*\*Time to run:\*\* about (\d+ (?:s|min))")
+
+
+def test_course_guide_times_are_the_chapters_own() -> None:
+    """The course guide's table lists each chapter's measured time as the chapter states it."""
+    guide = (REPO / "book" / "course_guide.md").read_text()
+    rows = dict(re.findall(r"^\| ([^|]+?) \| about (\d+ (?:s|min))", guide, flags=re.M))
+    for chapter in chapters():
+        notebook = json.loads(chapter.read_text())
+        first = "".join(notebook["cells"][0]["source"])
+        title = first.splitlines()[0].removeprefix("# ")
+        (minutes,) = TIME.findall(first) or [None]
+        assert minutes is not None, f"{chapter.name}: no measured time in the first cell"
+        matches = [m for row, m in rows.items() if title.startswith(row.split(":")[0])]
+        assert matches == [minutes], (chapter.name, title, matches, minutes)
+
+
+def test_show_source_leaves_out_docstrings_and_argument_checks() -> None:
+    import inspect
+
+    from deeplab_edu.models.atrous import atrous_conv2d
+    from deeplab_edu.viz import core_source
+
+    full = inspect.getsource(atrous_conv2d)
+    core = core_source(full)
+    assert "raise ValueError" in full and "Args:" in full
+    assert "raise" not in core and "Args:" not in core and "_check(" not in core
+    assert core.count("argument checks left out") == 1
+    assert "weight.reshape(c_out, -1) @ columns" in core  # the computation stays, line for line
+    assert set(core.splitlines()) - set(full.splitlines()) == {
+        "    # (argument checks left out: show_source(..., core=False))"
+    }

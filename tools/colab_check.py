@@ -5,7 +5,8 @@ Usage: ``python -m tools.colab_check`` (run by ``make test``).
 The package is built into a wheel and installed into a folder of its own, which comes first on
 the kernel's ``PYTHONPATH``, so ``import deeplab_edu`` finds the installed copy (with its package
 data, the real photos), not the checkout. The chapters are copied into an empty folder and
-executed there in table-of-contents order, in the default mode (fast), with no data root set:
+executed there in table-of-contents order, in their student edition (without the cells tagged
+``solution``, see ``tools/student_edition.py``), in the default mode (fast), with no data root set:
 the package must find or make everything it needs under ``./data``, as on Colab. A chapter fails
 the check if any cell raises; the check also fails if the data landed anywhere but ``./data``
 (which would mean the checkout's package was imported).
@@ -17,7 +18,6 @@ What this does not reproduce: Colab's own Python (3.12) and preinstalled package
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -28,14 +28,9 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from tools.student_edition import chapters, student_notebook
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def chapters() -> list[Path]:
-    """The chapter notebooks in table-of-contents order."""
-    toc = (REPO / "_toc.yml").read_text()
-    files = re.findall(r"^\s*- file: (\S+)", toc, flags=re.M)
-    return [REPO / f"{f}.ipynb" for f in files if (REPO / f"{f}.ipynb").is_file()]
 
 
 def install(target: Path) -> None:
@@ -64,13 +59,12 @@ def main() -> int:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
         failures = []
         for chapter in chapters():
-            copy = folder / chapter.name
-            shutil.copy(chapter, copy)
-            notebook = nbformat.read(copy, as_version=4)
+            # the student edition: every chapter must also run without its solutions
+            notebook = student_notebook(nbformat.read(chapter, as_version=4))
             began = time.perf_counter()
             try:
                 resources = {"metadata": {"path": str(folder)}}
-                NotebookClient(notebook, timeout=1800, resources=resources).execute()
+                NotebookClient(notebook, timeout=3600, resources=resources).execute()
                 status = "ok"
             except Exception as error:  # a cell raised: report the chapter and go on
                 failures.append(chapter.name)

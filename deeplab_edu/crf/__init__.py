@@ -1,6 +1,8 @@
 """The fully connected CRF of DeepLab (paper section 4.2): kernels, exact filtering, the
-permutohedral lattice, mean-field inference and the pydensecrf reference."""
+permutohedral lattice, mean-field inference and the pydensecrf reference; and the grid CRF that
+the book's CRF primer starts from."""
 
+from deeplab_edu.crf.grid import grid_energy, grid_message
 from deeplab_edu.crf.kernels import (
     NORMALIZATIONS,
     CRFParams,
@@ -21,6 +23,7 @@ from deeplab_edu.crf.simulate import simulate_unaries
 
 __all__ = [
     "CRFParams", "METHODS", "NAIVE_MAX_PIXELS", "NORMALIZATIONS", "MeanFieldResult", "NaiveFilter",
-    "PermutohedralLattice", "appearance_features", "dense_crf", "gaussian_kernel", "mean_field",
+    "PermutohedralLattice", "appearance_features", "dense_crf", "gaussian_kernel", "grid_energy",
+    "grid_message", "mean_field",
     "reference_available", "reference_dense_crf", "simulate_unaries", "smoothness_features",
 ]  # fmt: skip

@@ -32,6 +32,33 @@ _KEY_BITS = 62  # integer keys must fit in int64 with a margin
 _MAX_FEATURE = 2.0**15  # elevated coordinates stay far below float32's 2^24 integer limit
 
 
+def elevate(features: torch.Tensor) -> torch.Tensor:
+    """Step 1: the points on the hyperplane $\\sum_k y_k = 0$ of $\\mathbb{R}^{d+1}$.
+
+    $y = E\\,\\mathrm{diag}(s)\\,f$: the d columns of E are orthogonal, sum to zero and have norms
+    $\\sqrt{(k+1)(k+2)}$; $s_k = \\sqrt{2/3}\\,(d+1)/\\sqrt{(k+1)(k+2)}$ undoes those norms and
+    scales every distance by $\\sqrt{2/3}\\,(d+1)$, the scale at which the lattice's [1/2, 1, 1/2]
+    blur approximates $\\exp(-\\frac12\\|f_i - f_j\\|^2)$. Coordinate order and summation follow
+    the C++ code.
+
+    Args:
+        features: ``(N, d)`` float32 features, already divided by their bandwidths.
+
+    Returns:
+        ``(N, d+1)`` float32 elevated points (each row sums to 0).
+    """
+    d = features.shape[1]
+    k = torch.arange(d, device=features.device, dtype=torch.float64)
+    scale = (math.sqrt(2.0 / 3.0) * (d + 1) / torch.sqrt((k + 1) * (k + 2))).to(torch.float32)
+    cf = features * scale  # (N, d)
+    # $S_j = \sum_{k \ge j} cf_k$ (summed from the last coordinate, as the C++ code does)
+    suffix = cf.flip(1).cumsum(1).flip(1)  # (N, d)
+    after = torch.cat([suffix[:, 1:], torch.zeros_like(suffix[:, :1])], dim=1)  # S_{j+1}
+    j = torch.arange(1, d + 1, device=features.device, dtype=torch.float32)
+    # $y_0 = S_0$, $y_j = S_j - j\, cf_{j-1}$ for $j = 1..d$
+    return torch.cat([suffix[:, :1], after - j * cf], dim=1)  # (N, d+1)
+
+
 class PermutohedralLattice:
     """The lattice of one set of features, ready to filter any number of value channels.
 
@@ -68,17 +95,7 @@ class PermutohedralLattice:
         self.device = device = f.device
         down = 1.0 / (d + 1)
 
-        # Elevation $y = E\,\mathrm{diag}(s)\,f$ with $s_k = \sqrt{2/3}\,(d+1)/\sqrt{(k+1)(k+2)}$:
-        # the columns of E are orthogonal, of norm $\sqrt{(k+1)(k+2)}$, and sum to zero.
-        k = torch.arange(d, device=device, dtype=torch.float64)
-        scale = (math.sqrt(2.0 / 3.0) * (d + 1) / torch.sqrt((k + 1) * (k + 2))).to(torch.float32)
-        cf = f * scale  # (N, d)
-        # $S_j = \sum_{k \ge j} cf_k$ (summed from the last coordinate, as the C++ code does)
-        suffix = cf.flip(1).cumsum(1).flip(1)  # (N, d)
-        after = torch.cat([suffix[:, 1:], torch.zeros_like(suffix[:, :1])], dim=1)  # S_{j+1}
-        j = torch.arange(1, d + 1, device=device, dtype=torch.float32)
-        # $y_0 = S_0$, $y_j = S_j - j\, cf_{j-1}$ for $j = 1..d$
-        elevated = torch.cat([suffix[:, :1], after - j * cf], dim=1)  # (N, d+1)
+        elevated = elevate(f)  # (N, d+1)
 
         # Nearest remainder-0 vertex: round each coordinate to a multiple of d+1
         v = elevated * down

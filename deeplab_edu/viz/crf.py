@@ -9,8 +9,52 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from deeplab_edu.crf.kernels import appearance_features, gaussian_kernel, smoothness_features
 from deeplab_edu.crf.permutohedral import PermutohedralLattice
-from deeplab_edu.viz.data import to_numpy
+from deeplab_edu.viz.data import as_rgb, to_numpy
+
+
+def plot_pixel_kernels(
+    image: np.ndarray | torch.Tensor,
+    pixel: tuple[int, int],
+    theta_alpha: float,
+    theta_beta: float,
+    theta_gamma: float,
+) -> plt.Figure:
+    """How strongly every pixel is linked to one pixel by each of the CRF's two kernels.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB (or a ``(3, H, W)`` uint8 tensor).
+        pixel: ``(row, column)`` of the pixel whose kernels are drawn.
+        theta_alpha, theta_beta: the appearance kernel's bandwidths (pixels, RGB units).
+        theta_gamma: the smoothness kernel's bandwidth (pixels).
+    """
+    rgb = as_rgb(image)
+    height, width, _ = rgb.shape
+    row, col = pixel
+    index = row * width + col
+    appearance = appearance_features(torch.from_numpy(rgb), theta_alpha, theta_beta)  # (N, 5)
+    smoothness = smoothness_features(height, width, theta_gamma)  # (N, 2)
+    # $k(f_i, f_j)$ for the chosen i and every j, as an image; on a log scale, because the
+    # many weak links add up (a message sums over every pixel)
+    maps = [np.log10(gaussian_kernel(f[index : index + 1], f).reshape(height, width).numpy()
+                     + 1e-12) for f in (appearance, smoothness)]  # fmt: skip
+    titles = [
+        "the image and the pixel i",
+        f"appearance kernel: $\\theta_\\alpha$ = {theta_alpha:g} px, "
+        f"$\\theta_\\beta$ = {theta_beta:g}",
+        f"smoothness kernel: $\\theta_\\gamma$ = {theta_gamma:g} px",
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), layout="constrained")
+    axes[0].imshow(rgb)
+    for ax, values in zip(axes[1:], maps, strict=True):
+        shown = ax.imshow(values, cmap="magma", vmin=-4, vmax=0)
+    fig.colorbar(shown, ax=axes[1:], shrink=0.8, label="$\\log_{10} k(f_i, f_j)$")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.plot([col], [row], marker="+", color="cyan", markersize=14, markeredgewidth=2)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    return fig
 
 
 def plot_confidence_history(

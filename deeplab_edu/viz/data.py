@@ -115,7 +115,7 @@ def plot_label_maps(
     panels = [(image_title, _panel(image))] + [(t, _panel(m)) for t, m in maps.items()]
     ncols = ncols or len(panels)
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.4 * nrows + 0.9),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.75 * nrows + 0.9),
                              squeeze=False)  # fmt: skip
     for ax in axes.flat:
         ax.axis("off")

@@ -66,9 +66,14 @@ def plot_field_growth(stacks: Mapping[str, Sequence[FieldStep]]) -> plt.Figure:
     longest = max(stacks.values(), key=len)
     names = [step.name for step in longest]
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    for label, steps in stacks.items():
+    # networks that share their first layers draw the same points: distinct dashes and markers,
+    # the earlier lines wider, keep every curve visible where they overlap
+    styles = [("-", "o", 4.0), ("--", "s", 3.0), (":", "^", 2.2), ("-.", "d", 1.5)]
+    for k, (label, steps) in enumerate(stacks.items()):
+        dash, marker, width = styles[k % len(styles)]
         xs = [names.index(step.name) for step in steps]
-        ax.plot(xs, [step.receptive_field for step in steps], marker="o", ms=3, label=label)
+        ax.plot(xs, [step.receptive_field for step in steps], linestyle=dash, marker=marker,
+                ms=3 + width / 2, linewidth=width, alpha=0.8, label=label)  # fmt: skip
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_ylabel("receptive field (pixels)")
     ax.grid(alpha=0.3)

@@ -68,7 +68,7 @@ def plot_per_class_iou(summary: dict) -> plt.Figure:
     ax.set_yticks(positions + height * (len(methods) - 1) / 2, names)
     ax.invert_yaxis()
     ax.set_xlabel("IoU (%)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -99,8 +99,10 @@ def plot_crf_heatmap(trials: Sequence[dict], *, dcnn_miou: float | None = None) 
         ax.set_title(f"$w_1 = {w1:g}$")
         for i in range(len(alphas)):
             for j in range(len(betas)):
+                # dark text on the light (yellow) end of viridis, white on the dark end
+                light = values[k, i, j] > low + 0.6 * (high - low)
                 ax.text(j, i, f"{values[k, i, j]:.1f}", ha="center", va="center", fontsize=7,
-                        color="white")  # fmt: skip
+                        color="black" if light else "white")  # fmt: skip
         if (best["w1"], best["theta_alpha"], best["theta_beta"]) in {
             (w1, a, b) for a in alphas for b in betas
         }:
