@@ -165,3 +165,11 @@ def test_grade_a_submission_file(tmp_path, capsys):
         assert says in capsys.readouterr().err
     assert main(["grade", str(tmp_path / "missing.py")]) == 2
     assert "expected a Python file (.py)" in capsys.readouterr().err
+
+
+def test_checking_leaves_the_readers_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    check("atrous.conv2d", CORRECT["atrous.conv2d"], verbose=False)
+    assert torch.equal(torch.rand(3), expected)
