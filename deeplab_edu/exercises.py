@@ -31,7 +31,7 @@ from deeplab_edu.data.voc import IGNORE_INDEX
 from deeplab_edu.metrics import ConfusionMatrix
 from deeplab_edu.models.atrous import atrous_conv2d
 from deeplab_edu.models.deeplab import upsample_scores
-from deeplab_edu.models.field import OUTPUT_STRIDE
+from deeplab_edu.models.field import OUTPUT_STRIDE, score_cells
 from deeplab_edu.train import segmentation_loss
 
 
@@ -85,10 +85,6 @@ class Exercise:
 
 # ---------------------------------------------------------------------------------------------
 # comparisons that explain themselves
-
-
-def _shape(x: object) -> str:
-    return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
 
 
 def _same(got: object, expected: torch.Tensor, what: str, atol: float = 1e-5) -> None:
@@ -197,7 +193,7 @@ def _conv_cases() -> Iterator[tuple[str, Callable[[Callable], None]]]:
 def _upsample_cases() -> Iterator[tuple[str, Callable[[Callable], None]]]:
     g = _generator(2)
     for height, width in ((17, 17), (9, 16), (128, 128), (41, 57), (1, 1), (24, 33)):
-        cells = ((height - 1) // OUTPUT_STRIDE + 1, (width - 1) // OUTPUT_STRIDE + 1)
+        cells = (score_cells(height), score_cells(width))
         scores = torch.randn(2, 3, *cells, generator=g)
 
         def run(fn: Callable, scores: torch.Tensor = scores,
@@ -217,7 +213,7 @@ def _upsample_cases() -> Iterator[tuple[str, Callable[[Callable], None]]]:
 def _loss_cases() -> Iterator[tuple[str, Callable[[Callable], None]]]:
     g = _generator(3)
     for batch, classes, side, void in ((2, 5, 17, 0.0), (1, 21, 33, 0.3), (2, 3, 9, 1.0)):
-        cells = (side - 1) // OUTPUT_STRIDE + 1
+        cells = score_cells(side)
         scores = torch.randn(batch, classes, cells, cells, generator=g)
         target = torch.randint(0, classes, (batch, side, side), generator=g)
         target[torch.rand(target.shape, generator=g) < void] = IGNORE_INDEX
@@ -230,7 +226,9 @@ def _loss_cases() -> Iterator[tuple[str, Callable[[Callable], None]]]:
             got = fn(scores.clone(), target.clone())
             expected = segmentation_loss(scores, target)
             if isinstance(got, torch.Tensor) and got.ndim != 0:
-                raise Mismatch(f"{what}: the loss must be one number (0-d), got {_shape(got)}")
+                raise Mismatch(
+                    f"{what}: the loss must be one number (0-d), got shape {tuple(got.shape)}"
+                )
             _same(got, expected, what)
             _gradients(lambda s: fn(s, target), lambda s: segmentation_loss(s, target),
                        [scores], what)  # fmt: skip

@@ -145,6 +145,22 @@ class ConfusionMatrix:
         return f"ConfusionMatrix(num_classes={self.num_classes}, pixels={int(self.matrix.sum())})"
 
 
+def pixel_accuracy(
+    pred: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> float:
+    """Fraction of the non-void pixels of one labelling that are right (for a data set,
+    accumulate a :class:`ConfusionMatrix` instead).
+
+    Raises:
+        ValueError: if the shapes differ or every pixel of ``target`` is void.
+    """
+    _check_labels(pred, target)
+    valid = target != ignore_index
+    if not valid.any():
+        raise ValueError("every pixel of target is void: there is nothing to score")
+    return float((pred[valid] == target[valid]).double().mean())
+
+
 def trimap_band(target: torch.Tensor, width: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """The paper's boundary band (Fig. 5): pixels within ``width`` pixels of a void pixel.
 

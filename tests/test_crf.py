@@ -270,6 +270,23 @@ def test_simulate_unaries_is_a_documented_deterministic_distribution():
         simulate_unaries(np.full((8, 8), 30))
 
 
+@pytest.mark.parametrize("stride", [4, 8, 16, 32])
+def test_simulated_cells_stay_on_their_own_pixels(stride):
+    # straight edges on cell boundaries, in an image whose sides are not multiples of the stride
+    # (the last cells are partial): with pure cells and no noise, the argmax recovers the mask
+    # exactly. Stretching the cells over the image instead (interpolating to its size) moves the
+    # far edges by up to half a cell. (Corners are rounded by any bilinear upsampling: none here.)
+    height, width = 5 * stride + 3, 7 * stride + 1
+    columns = np.zeros((height, width), dtype=np.uint8)
+    columns[:, 5 * stride :] = 3  # a vertical edge near the partial last column
+    rows = np.zeros((height, width), dtype=np.uint8)
+    rows[4 * stride :, :] = 5  # a horizontal edge near the partial last row
+    for mask in (columns, rows):
+        probs = simulate_unaries(mask, stride=stride, blur_sigma=0.0, noise=0.0, confidence=1.0)
+        assert probs.shape == (21, height, width)
+        np.testing.assert_array_equal(probs.argmax(0).numpy(), mask)
+
+
 # -- the reference ------------------------------------------------------------------------------
 
 # two photos with VOC's void band (train) and two SBD ones, with pydensecrf's default

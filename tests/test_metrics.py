@@ -11,7 +11,7 @@ import torch
 from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex
 
 from deeplab_edu.data.voc import IGNORE_INDEX, NUM_CLASSES, read_mask
-from deeplab_edu.metrics import ConfusionMatrix, trimap_band, trimap_curves
+from deeplab_edu.metrics import ConfusionMatrix, pixel_accuracy, trimap_band, trimap_curves
 
 V = IGNORE_INDEX
 
@@ -29,6 +29,14 @@ def test_hand_worked_example():
     assert cm.miou() == pytest.approx(5 / 9)
     assert cm.pixel_accuracy() == pytest.approx(8 / 11)
     assert cm.mean_class_accuracy() == pytest.approx((2 / 3 + 4 / 5 + 2 / 3) / 3)
+    assert pixel_accuracy(pred, target) == pytest.approx(8 / 11)  # one image, same count
+
+
+def test_pixel_accuracy_of_one_image_refuses_all_void_and_other_shapes():
+    with pytest.raises(ValueError, match="every pixel of target is void"):
+        pixel_accuracy(torch.zeros(2, 2, dtype=torch.long), torch.full((2, 2), V))
+    with pytest.raises(ValueError, match="same shape"):
+        pixel_accuracy(torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long))
 
 
 def test_absent_class_is_left_out_of_the_mean():

@@ -89,5 +89,8 @@ def simulate_unaries(
     wrong = F.one_hot(random_labels, num_classes).permute(2, 0, 1).float()  # (C, h, w)
     coarse = torch.where(flipped, wrong, coarse[0])  # (C, h, w)
     coarse = confidence * coarse + (1.0 - confidence) / num_classes
-    probs = F.interpolate(coarse[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    # cell i averaged pixels stride * i .. stride * (i + 1) - 1: scaling by exactly ``stride``
+    # puts its value back on their centre (a partial last cell is cropped, not stretched)
+    probs = F.interpolate(coarse[None], scale_factor=stride, mode="bilinear", align_corners=False)
+    probs = probs[0, :, :h, :w]
     return probs / probs.sum(0, keepdim=True)  # (C, H, W)

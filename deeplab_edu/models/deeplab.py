@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeplab_edu.models.field import OUTPUT_STRIDE, Layer
+from deeplab_edu.models.field import OUTPUT_STRIDE, Layer, score_cells
 from deeplab_edu.models.vgg import FC_CHANNELS, IMAGENET_CLASSES, VGG16_CFG, layer_names
 
 MSC_PREFIX = "msc."  # the multi-scale branches and their classifier (DeepLab-MSc's second stage)
@@ -317,7 +317,7 @@ def upsample_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
         ValueError: if the score map does not have the size a stride-8 network gives for ``size``.
     """
     (h, w), (height, width) = scores.shape[-2:], size
-    expected = ((height - 1) // OUTPUT_STRIDE + 1, (width - 1) // OUTPUT_STRIDE + 1)
+    expected = (score_cells(height), score_cells(width))
     if (h, w) != expected:
         raise ValueError(
             f"stride-{OUTPUT_STRIDE} scores for a {height}x{width} input must be "

@@ -68,6 +68,12 @@ class FieldStep:
     stride: int
 
 
+def score_cells(side: int) -> int:
+    """Stride-8 score cells along an image side of ``side`` pixels: cell ``i`` is centred on
+    pixel ``8 i``, so ``(side - 1) // 8 + 1`` of them (17 for 128 or 129 pixels)."""
+    return (side - 1) // OUTPUT_STRIDE + 1
+
+
 def receptive_field_steps(layers: Iterable[Layer]) -> list[FieldStep]:
     """The receptive field and output stride after every layer of a stack.
 

@@ -68,16 +68,19 @@ def overlay(
     return (rgb * (1 - weight) + tint * weight).round().astype(np.uint8)
 
 
-def _legend(fig: plt.Figure, labels: np.ndarray) -> None:
-    """A row of class colours under the panels (the classes in ``labels``), then the layout."""
+def legend(
+    fig: plt.Figure, labels: np.ndarray, class_names: Sequence[str] = CLASSES, *, right: float = 1
+) -> None:
+    """A row of class colours under the panels (the classes in ``labels``, named by
+    ``class_names``), then the layout (panels left of ``right``, a fraction of the width)."""
     present = [int(v) for v in np.unique(labels)]
     handles = [plt.Rectangle((0, 0), 1, 1, color=PALETTE[v] / 255) for v in present]
-    names = [CLASSES[v] if v < len(CLASSES) else "void" for v in present]
+    names = [class_names[v] if v < len(class_names) else "void" for v in present]
     rows = -(-len(names) // 8)
     height = fig.get_figheight()
     fig.legend(handles, names, loc="lower center", ncol=min(8, len(names)), fontsize=8,
                frameon=False, handlelength=1.2, columnspacing=1.0)  # fmt: skip
-    fig.tight_layout(rect=(0, min(0.4, (0.15 + 0.22 * rows) / height), 1, 1))
+    fig.tight_layout(rect=(0, min(0.4, (0.15 + 0.22 * rows) / height), right, 1))
 
 
 def _label_map(x: np.ndarray | torch.Tensor) -> np.ndarray | None:
@@ -103,6 +106,7 @@ def plot_label_maps(
     *,
     ncols: int | None = None,
     image_title: str = "image",
+    class_names: Sequence[str] = CLASSES,
 ) -> plt.Figure:
     """One image followed by one panel per label map (VOC colours, titled by the dict keys),
     with a legend of the classes that appear.
@@ -111,19 +115,21 @@ def plot_label_maps(
         image: ``(H, W, 3)`` uint8 RGB (or a ``(3, H, W)`` uint8 tensor).
         maps: title -> ``(H, W)`` label map, or ``(C, H, W)`` probabilities (shown as argmax).
         ncols: panels per row (default: all in one row).
+        class_names: the legend's name of each label (default: the VOC classes).
     """
     panels = [(image_title, _panel(image))] + [(t, _panel(m)) for t, m in maps.items()]
     ncols = ncols or len(panels)
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.75 * nrows + 0.9),
-                             squeeze=False)  # fmt: skip
+    aspect = panels[0][1].shape[0] / panels[0][1].shape[1]  # rows as high as the image needs
+    size = (2.6 * ncols, (2.6 * aspect + 0.15) * nrows + 0.9)
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (title, picture) in zip(axes.flat, panels, strict=False):
         ax.imshow(picture)
         ax.set_title(title, fontsize=9)
     present = [_label_map(m) for m in maps.values()]
-    _legend(fig, np.concatenate([m.ravel() for m in present if m is not None]))
+    legend(fig, np.concatenate([m.ravel() for m in present if m is not None]), class_names)
     return fig
 
 
@@ -161,7 +167,7 @@ def plot_examples(
         if titles is not None:
             axes[r, 0].set_ylabel(titles[r], fontsize=9)
     if present:
-        _legend(fig, np.concatenate(present))
+        legend(fig, np.concatenate(present))
     else:
         fig.tight_layout()
     return fig

@@ -1,4 +1,5 @@
-"""Figures for the network chapters: atrous taps, receptive fields, shift-and-stitch, fc6."""
+"""Figures for the network chapters: atrous taps, receptive fields, shift-and-stitch, fc6, and
+the stride-8 scores beside their bilinear upsampling."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
-from deeplab_edu.models.field import FieldStep
+from deeplab_edu.data.voc import CLASSES
+from deeplab_edu.models.deeplab import upsample_scores
+from deeplab_edu.models.field import OUTPUT_STRIDE, FieldStep
 from deeplab_edu.models.vgg import decimation_taps
+from deeplab_edu.viz.data import as_rgb, colorize, legend, to_numpy
 
 
 def plot_atrous_1d(kernel: int = 3, rates: Sequence[int] = (1, 2), length: int = 13) -> plt.Figure:
@@ -132,7 +137,11 @@ def plot_fc6_decimation(kernels: Sequence[int] = (4, 3), size: int = 7) -> plt.F
     return fig
 
 
-def plot_fields(fields: Mapping[str, int], image_size: int = 321) -> plt.Figure:
+def plot_fields(
+    fields: Mapping[str, int],
+    image_size: int = 321,
+    title: str = "receptive field of one output (pixels)",
+) -> plt.Figure:
     """Squares of each network's receptive field, centred on an ``image_size`` crop."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
     half = max(max(fields.values()), image_size) / 2 + 10
@@ -147,6 +156,59 @@ def plot_fields(fields: Mapping[str, int], image_size: int = 321) -> plt.Figure:
     ax.set_ylim(-half, half)
     ax.set_aspect("equal")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    ax.set_title("receptive field of one output (pixels)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_upsampling(
+    image: torch.Tensor, scores: torch.Tensor, target: torch.Tensor, class_index: int
+) -> plt.Figure:
+    """The network's stride-8 scores beside their bilinear upsampling (idea 2 of the paper).
+
+    Top row: the image, the probability of ``class_index`` per stride-8 cell (each cell drawn as
+    the 8x8 block of pixels nearest to the pixel it scores) and after :func:`upsample_scores`,
+    both with the class's true outline. Bottom row: the ground truth and the two argmax label maps.
+
+    Args:
+        image: ``(3, H, W)`` uint8 RGB.
+        scores: ``(C, h, w)`` stride-8 scores of that image, ``h = (H - 1) // 8 + 1``.
+        target: ``(H, W)`` ground truth.
+        class_index: the class whose probability is drawn.
+    """
+    height, width = target.shape
+    scores = scores.detach().float().cpu()
+    fine = upsample_scores(scores[None], (height, width))[0]  # (C, H, W)
+    coarse_p, fine_p = torch.softmax(scores, 0), torch.softmax(fine, 0)
+    h, w = scores.shape[-2:]
+    # each pixel shows the cell whose centre (8 i, 8 j) is nearest: the cells as 8x8 blocks
+    rows = torch.arange(height).div(OUTPUT_STRIDE).round().long().clamp(max=h - 1)
+    cols = torch.arange(width).div(OUTPUT_STRIDE).round().long().clamp(max=w - 1)
+    blocks = coarse_p[:, rows][:, :, cols]  # (C, H, W)
+    truth = to_numpy(target) == class_index
+    fig, axes = plt.subplots(2, 3, figsize=(8.4, 6.6))
+    name = CLASSES[class_index]
+    top = [
+        ("image", as_rgb(image)),
+        (f"stride {OUTPUT_STRIDE}: P({name}), {h}x{w} cells", blocks[class_index].numpy()),
+        (f"bilinear: P({name}), {height}x{width}", fine_p[class_index].numpy()),
+    ]
+    for ax, (title, picture) in zip(axes[0], top, strict=True):
+        shown = ax.imshow(picture, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        ax.contour(truth, levels=[0.5], colors="white", linewidths=1.2)
+        ax.set_title(title, fontsize=9)
+    bottom = [
+        ("ground truth", to_numpy(target)),
+        (f"stride {OUTPUT_STRIDE}: argmax per cell", blocks.argmax(0).numpy()),
+        ("bilinear: argmax per pixel", fine_p.argmax(0).numpy()),
+    ]
+    for ax, (title, labels) in zip(axes[1], bottom, strict=True):
+        ax.imshow(colorize(labels), interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    present = np.concatenate([to_numpy(target).ravel(), fine_p.argmax(0).numpy().ravel()])
+    legend(fig, present, right=0.9)
+    box = axes[0, 2].get_position()
+    fig.colorbar(shown, cax=fig.add_axes((0.91, box.y0, 0.015, box.height)), label=f"P({name})")
     return fig
