@@ -18,7 +18,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -33,7 +33,7 @@ from deeplab_edu.data.sampling import Dataset
 from deeplab_edu.data.transforms import EvalTransform, to_hwc
 from deeplab_edu.data.voc import CLASSES, NUM_CLASSES
 from deeplab_edu.fetch import atomic_write
-from deeplab_edu.metrics import ConfusionMatrix, trimap_curves
+from deeplab_edu.metrics import ConfusionMatrix, TrimapCounts
 
 
 @dataclass
@@ -61,14 +61,16 @@ class Evaluation:
     With ``held_out`` given to :func:`evaluate`, ``summary["held_out"]`` holds the mean IoU
     and pixel accuracy of those images alone (the images the CRF was not tuned on).
 
-    ``targets``, ``dcnn`` and ``crf`` are lists of ``(H, W)`` uint8 label maps (``crf`` empty
-    when the CRF was skipped), kept for figures such as the trimap curves and examples.
+    ``targets``, ``dcnn`` and ``crf`` map the index of each image :func:`evaluate` was asked to
+    ``keep`` to its ``(H, W)`` uint8 label map (``crf`` empty when the CRF was skipped), for
+    figures of examples. Everything else is counted on the fly, so memory does not grow with
+    the number of images.
     """
 
     summary: dict
-    targets: list[torch.Tensor]
-    dcnn: list[torch.Tensor]
-    crf: list[torch.Tensor]
+    targets: dict[int, torch.Tensor]
+    dcnn: dict[int, torch.Tensor]
+    crf: dict[int, torch.Tensor]
 
 
 def predict_probs(
@@ -99,6 +101,7 @@ def evaluate(
     config: EvalConfig | None = None,
     *,
     held_out: Sequence[int] | None = None,
+    keep: Collection[int] = (),
     progress: bool = True,
 ) -> Evaluation:
     """Score ``model`` on ``dataset`` without and (unless ``config.crf`` is None) with the CRF.
@@ -109,6 +112,7 @@ def evaluate(
         config: see :class:`EvalConfig`; default :meth:`EvalConfig.for_mode`.
         held_out: indices of the images not used to tune the CRF, scored a second time on
             their own (``summary["held_out"]``); the paper reports on all of val.
+        keep: indices of the images whose label maps to return (for figures).
         progress: show a progress bar.
 
     Returns:
@@ -132,27 +136,31 @@ def evaluate(
     matrices = {"dcnn": ConfusionMatrix(NUM_CLASSES), "crf": ConfusionMatrix(NUM_CLASSES)}
     held = {m: ConfusionMatrix(NUM_CLASSES) for m in matrices}
     held_set = set(held_out) if held_out is not None else set()
-    labels: dict[str, list[torch.Tensor]] = {"target": [], "dcnn": [], "crf": []}
+    trimaps = {m: TrimapCounts(config.trimap_widths) for m in matrices}  # counted on the fly
+    kept: dict[str, dict[int, torch.Tensor]] = {"target": {}, "dcnn": {}, "crf": {}}
+    keep = set(keep)
     seconds = {"network": 0.0, "crf": 0.0}
     for index in tqdm(range(count), desc="evaluate", disable=not progress, dynamic_ncols=True):
         image, target = dataset[index]  # (3, H, W) uint8, (H, W) int64
         began = runtime.now(device)
         probs = predict_probs(model, image, pad_to=config.pad_to, device=device)  # (C, H, W)
         seconds["network"] += runtime.now(device) - began
-        labels["target"].append(target.to(torch.uint8))
-        labels["dcnn"].append(probs.argmax(0).to(torch.uint8).cpu())
-        matrices["dcnn"].update(labels["dcnn"][-1], target)
-        if index in held_set:
-            held["dcnn"].update(labels["dcnn"][-1], target)
+        labels = {"dcnn": probs.argmax(0).to(torch.uint8).cpu()}  # (H, W)
         if config.crf is not None:
             began = runtime.now(device)
             rgb = to_hwc(image)  # (H, W, 3) uint8
             q = dense_crf(rgb, probs, config.crf)  # (C, H, W)
             seconds["crf"] += runtime.now(device) - began
-            labels["crf"].append(q.argmax(0).to(torch.uint8).cpu())
-            matrices["crf"].update(labels["crf"][-1], target)
+            labels["crf"] = q.argmax(0).to(torch.uint8).cpu()
+        for method, predicted in labels.items():
+            matrices[method].update(predicted, target)
+            trimaps[method].update(predicted, target)
             if index in held_set:
-                held["crf"].update(labels["crf"][-1], target)
+                held[method].update(predicted, target)
+            if index in keep:
+                kept[method][index] = predicted
+        if index in keep:
+            kept["target"][index] = target.to(torch.uint8)
     methods = ["dcnn", "crf"] if config.crf is not None else ["dcnn"]
     summary = {
         "images": count,
@@ -160,7 +168,7 @@ def evaluate(
         "miou": {m: matrices[m].miou() for m in methods},
         "pixel_accuracy": {m: matrices[m].pixel_accuracy() for m in methods},
         "iou_per_class": {m: _per_class(matrices[m]) for m in methods},
-        "trimap": {m: _curves(labels[m], labels["target"], config.trimap_widths) for m in methods},
+        "trimap": {m: _curves(trimaps[m]) for m in methods},
         "seconds_per_image": {m: seconds["network" if m == "dcnn" else m] / count for m in methods},
         "environment": environment(),
     }
@@ -170,7 +178,7 @@ def evaluate(
             "miou": {m: held[m].miou() for m in methods},
             "pixel_accuracy": {m: held[m].pixel_accuracy() for m in methods},
         }
-    return Evaluation(summary, labels["target"], labels["dcnn"], labels["crf"])
+    return Evaluation(summary, kept["target"], kept["dcnn"], kept["crf"])
 
 
 def _per_class(matrix: ConfusionMatrix) -> dict[str, float | None]:
@@ -178,14 +186,12 @@ def _per_class(matrix: ConfusionMatrix) -> dict[str, float | None]:
     return {name: (None if v != v else v) for name, v in zip(CLASSES, values, strict=True)}
 
 
-def _curves(
-    preds: list[torch.Tensor], targets: list[torch.Tensor], widths: Sequence[int]
-) -> dict[str, list]:
-    curves = trimap_curves(preds, targets, widths)
+def _curves(counts: TrimapCounts) -> dict[str, list]:
+    curves = counts.curves()
     return {
-        "widths": list(widths),
-        "pixel_accuracy": [curves[w]["pixel_accuracy"] for w in widths],
-        "miou": [curves[w]["miou"] for w in widths],
+        "widths": counts.widths,
+        "pixel_accuracy": [curves[w]["pixel_accuracy"] for w in counts.widths],
+        "miou": [curves[w]["miou"] for w in counts.widths],
     }
 
 

@@ -193,6 +193,54 @@ def trimap_band(target: torch.Tensor, width: int, ignore_index: int = IGNORE_IND
     return (band > 0).reshape(target.shape)
 
 
+class TrimapCounts:
+    """Confusion counts inside the boundary band, one matrix per band width, accumulated image by
+    image: the memory of the paper's Fig. 5 curves does not grow with the number of images.
+
+    Args:
+        widths: band widths in pixels, e.g. ``range(1, 41)``.
+        num_classes: number of classes (21 for VOC).
+        ignore_index: the void label, which defines the band and is never scored.
+
+    Raises:
+        ValueError: if ``widths`` is empty.
+    """
+
+    def __init__(
+        self,
+        widths: Iterable[int],
+        num_classes: int = NUM_CLASSES,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        self.widths = list(widths)
+        if not self.widths:
+            raise ValueError("widths must name at least one band width")
+        self.ignore_index = ignore_index
+        self.matrices = {w: ConfusionMatrix(num_classes, ignore_index) for w in self.widths}
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Count one image's (or batch's) band pixels; void pixels are never counted."""
+        _check_labels(pred, target)
+        void = torch.full_like(target, self.ignore_index)
+        for w, matrix in self.matrices.items():
+            # the target outside the band becomes void, so only band pixels are scored
+            band = trimap_band(target, w, self.ignore_index)
+            matrix.update(pred, torch.where(band, target, void))
+
+    def curves(self) -> dict[int, dict[str, float]]:
+        """``{width: {"pixel_accuracy", "miou", "pixels"}}`` of everything counted so far;
+        ``pixels`` is the number of scored band pixels, and an empty band gives NaN scores."""
+        curves = {}
+        for w, matrix in self.matrices.items():
+            pixels = int(matrix.matrix.sum())
+            curves[w] = {
+                "pixel_accuracy": matrix.pixel_accuracy() if pixels else float("nan"),
+                "miou": matrix.miou() if pixels else float("nan"),
+                "pixels": pixels,
+            }
+        return curves
+
+
 def trimap_curves(
     preds: Iterable[torch.Tensor] | torch.Tensor,
     targets: Iterable[torch.Tensor] | torch.Tensor,
@@ -200,7 +248,8 @@ def trimap_curves(
     num_classes: int = NUM_CLASSES,
     ignore_index: int = IGNORE_INDEX,
 ) -> dict[int, dict[str, float]]:
-    """Pixel accuracy and mean IoU restricted to the boundary band, per band width (Fig. 5b-c).
+    """Pixel accuracy and mean IoU restricted to the boundary band, per band width (Fig. 5b-c),
+    of predictions held in memory (:class:`TrimapCounts` counts them one at a time).
 
     Args:
         preds: predicted labels, one ``(H, W)`` tensor per image (sizes may differ) or a batch.
@@ -217,22 +266,7 @@ def trimap_curves(
     preds, targets = list(preds), list(targets)
     if len(preds) != len(targets):
         raise ValueError(f"got {len(preds)} predictions but {len(targets)} targets")
-    widths = list(widths)
-    if not widths:
-        raise ValueError("widths must name at least one band width")
-    matrices = {w: ConfusionMatrix(num_classes, ignore_index) for w in widths}
+    counts = TrimapCounts(widths, num_classes, ignore_index)
     for pred, target in zip(preds, targets, strict=True):
-        _check_labels(pred, target)
-        for w in widths:
-            band = trimap_band(target, w, ignore_index)
-            in_band = torch.where(band, target, torch.full_like(target, ignore_index))
-            matrices[w].update(pred, in_band)
-    curves = {}
-    for w, cm in matrices.items():
-        pixels = int(cm.matrix.sum())
-        curves[w] = {
-            "pixel_accuracy": cm.pixel_accuracy() if pixels else float("nan"),
-            "miou": cm.miou() if pixels else float("nan"),
-            "pixels": pixels,
-        }
-    return curves
+        counts.update(pred, target)
+    return counts.curves()

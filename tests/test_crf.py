@@ -13,6 +13,7 @@ from deeplab_edu.crf import (
     PermutohedralLattice,
     dense_crf,
     mean_field,
+    permutohedral,
     simulate_unaries,
 )
 from deeplab_edu.crf.kernels import appearance_features, smoothness_features
@@ -90,6 +91,37 @@ def test_fused_sparse_filtering_equals_the_step_by_step_lattice():
     assert torch.equal(
         plus.gather(1, minus.clamp(max=m - 1))[has], torch.arange(m).expand(6, -1)[has]
     )
+
+
+@pytest.mark.parametrize("chunk", [7, 1000])
+def test_lattice_built_in_chunks_or_with_64_bit_sorting_is_the_same(monkeypatch, chunk):
+    # the per-point steps run in chunks (boundaries inside the image here) and the codes are
+    # sorted as 32-bit integers when they fit: neither may change a single index or weight
+    image, _ = two_region_scene(23, 31)
+    features = appearance_features(image, 10.0, 13.0)
+    whole = PermutohedralLattice(features)
+    monkeypatch.setattr(permutohedral, "_CHUNK", chunk)
+    monkeypatch.setattr(permutohedral, "_SORT32_RANGE", 0)  # always the 64-bit sort
+    other = PermutohedralLattice(features)
+    for name in ("offsets", "weights", "codes", "neighbours"):
+        assert torch.equal(getattr(whole, name), getattr(other, name)), name
+
+
+def test_reused_buffers_change_no_result():
+    # the message, the vertex values and Q live in buffers reused across iterations and calls
+    image, mask = two_region_scene(30, 36)
+    probs = simulate_unaries(mask.numpy(), num_classes=3, stride=4, noise=0.2, seed=1)
+    first, again = dense_crf(image, probs), dense_crf(image, probs)
+    assert torch.equal(first, again)
+    fresh = mean_field(image, probs, track=True).q  # tracking keeps every Q: fresh tensors
+    assert torch.allclose(first, fresh, atol=1e-6)
+    features = [appearance_features(image, 10.0, 13.0), smoothness_features(30, 36, 3.0)]
+    message = PairwiseMessage([PermutohedralLattice(f) for f in features], (4, 3), "after")
+    q = torch.softmax(torch.randn(30 * 36, 3), 1)
+    kept = q.clone()
+    one = message(q).clone()
+    message(torch.softmax(torch.randn(30 * 36, 3), 1))  # another call reuses the buffers
+    assert torch.equal(q, kept) and torch.equal(message(q), one)
 
 
 def test_lattice_gain_predicts_the_unnormalised_mass():
@@ -193,6 +225,8 @@ def test_the_loop_never_moves_data_to_the_cpu():
 
     q, history, energies = iterate(unary, message, 3, track=True)
     assert q.device.type == "meta" and len(history) == 4 and len(energies) == 4
+    q, _, _ = iterate(unary, message, 3)  # the path that writes each Q into the last one's memory
+    assert q.device.type == "meta"
 
 
 @pytest.mark.gpu

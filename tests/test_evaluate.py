@@ -49,7 +49,7 @@ def dataset(labels_and_targets):
 def test_known_predictions_give_known_scores():
     model = Oracle([PRED])
     result = evaluate(model, dataset([(PRED, TARGET)]), EvalConfig(crf=None, pad_to=None,
-                      trimap_widths=(0, 1)), progress=False)  # fmt: skip
+                      trimap_widths=(0, 1)), keep=[0], progress=False)  # fmt: skip
     summary = result.summary
     # scored pixels: 14 (two are void). class 0: TP 4, FN 2, FP 1 -> 4/7;
     # class 1: TP 5, FN 1, FP 2 -> 5/8; class 2: TP 2 -> 1; the void pixel predicted 0 is free
@@ -61,7 +61,7 @@ def test_known_predictions_give_known_scores():
     trimap = summary["trimap"]["dcnn"]
     assert trimap["widths"] == [0, 1]
     assert trimap["pixel_accuracy"][1] == pytest.approx(8 / 10)
-    assert torch.equal(result.dcnn[0], PRED.to(torch.uint8)) and result.crf == []
+    assert torch.equal(result.dcnn[0], PRED.to(torch.uint8)) and result.crf == {}
     assert set(summary) >= {"config", "miou", "iou_per_class", "trimap", "seconds_per_image",
                             "environment", "images"}  # fmt: skip
 
@@ -86,8 +86,8 @@ def test_the_crf_keeps_confident_correct_labels_and_results_are_json(tmp_path):
     model = Oracle([target.clamp(max=20), target.clamp(max=20)])
     items = dataset([(None, target), (None, target)])
     result = evaluate(model, items, EvalConfig(crf=CRFParams(theta_alpha=10), pad_to=None,
-                      max_images=1, trimap_widths=(1, 3)), progress=False)  # fmt: skip
-    assert result.summary["images"] == 1 and len(result.crf) == 1
+                      max_images=1, trimap_widths=(1, 3)), keep=[0, 1], progress=False)  # fmt: skip
+    assert result.summary["images"] == 1 and list(result.crf) == [0]
     assert result.summary["miou"] == {"dcnn": 1.0, "crf": 1.0}
     path = write_results(result.summary, tmp_path / "results.json")
     loaded = json.loads(path.read_text())
@@ -95,3 +95,44 @@ def test_the_crf_keeps_confident_correct_labels_and_results_are_json(tmp_path):
     assert loaded["trimap"]["crf"]["widths"] == [1, 3]
     with pytest.raises(ValueError, match="empty"):
         evaluate(model, [], EvalConfig(crf=None), progress=False)
+
+
+def _band_scores_by_hand(preds, targets, width):
+    """Pixel accuracy and mIoU in the band, from pixel-by-pixel windows (no pooling)."""
+    matrix = torch.zeros(21, 21, dtype=torch.int64)
+    for pred, target in zip(preds, targets, strict=True):
+        height, width_px = target.shape
+        for y in range(height):
+            for x in range(width_px):
+                rows = slice(max(0, y - width), y + width + 1)
+                window = target[rows, max(0, x - width) : x + width + 1]
+                if target[y, x] != 255 and (window == 255).any():
+                    matrix[target[y, x], pred[y, x]] += 1
+    iou = matrix.diagonal() / (matrix.sum(0) + matrix.sum(1) - matrix.diagonal())
+    return float(matrix.diagonal().sum() / matrix.sum()), float(iou.nanmean())
+
+
+def test_trimap_curves_are_counted_image_by_image_and_no_label_map_is_kept():
+    generator = torch.Generator().manual_seed(0)
+    preds, targets = [], []
+    for height, width in ((9, 11), (12, 7), (10, 10), (6, 13)):  # sizes differ, as in VOC
+        target = torch.randint(0, 4, (height, width), generator=generator)
+        target[torch.rand(height, width, generator=generator) < 0.1] = 255
+        pred = torch.where(torch.rand(height, width, generator=generator) < 0.7,
+                           target.clamp(max=3), torch.randint(0, 4, (height, width),
+                           generator=generator))  # fmt: skip
+        preds.append(pred)
+        targets.append(target)
+    widths = (0, 1, 2, 5)
+    result = evaluate(Oracle(preds), dataset(list(zip(preds, targets, strict=True))),
+                      EvalConfig(crf=None, pad_to=None, trimap_widths=widths),
+                      progress=False)  # fmt: skip
+    assert result.targets == {} and result.dcnn == {}  # nothing per image is held
+    trimap = result.summary["trimap"]["dcnn"]
+    for position, width in enumerate(widths):
+        accuracy, miou = _band_scores_by_hand(preds, targets, width)
+        if width == 0:  # the band is the void pixels themselves: nothing is scored
+            assert trimap["miou"][position] != trimap["miou"][position]  # NaN
+            continue
+        assert trimap["pixel_accuracy"][position] == pytest.approx(accuracy)
+        assert trimap["miou"][position] == pytest.approx(miou)

@@ -66,7 +66,10 @@ class PairwiseMessage:
     \\mathrm{diag}(a_m)$ with $D_m = K_m \\mathbf 1$: ``"symmetric"`` $a = b = D^{-1/2}$,
     ``"after"`` $a = 1, b = D^{-1}$, ``"none"`` $a = 1, b = 1/\\mathrm{gain}$ (the lattice's mass
     relative to the exact kernel, 1 for exact filtering). With lattices, the weights and scales
-    are folded into one sparse splat and one sparse slice (:class:`LatticeSum`).
+    are folded into one sparse splat and one sparse slice (:class:`LatticeSum`), and the
+    message is written into one buffer reused from call to call (unless autograd needs fresh
+    tensors): keep a copy of a message, not the message itself, if the next call is to leave it
+    unchanged.
 
     Args:
         filters: per kernel, a :class:`NaiveFilter` or :class:`PermutohedralLattice`.
@@ -104,12 +107,18 @@ class PairwiseMessage:
         self.fused = None
         if all(isinstance(f, PermutohedralLattice) for f in self.filters):
             self.fused = LatticeSum(self.filters, self.inner, self.outer)
+        self._out: torch.Tensor | None = None  # the reused message
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         """``(N, C)`` marginals -> ``(N, C)`` message."""
         if self.fused is not None:
+            out = None
+            if not q.requires_grad:
+                if self._out is None or self._out.shape != q.shape:
+                    self._out = torch.empty_like(q)
+                out = self._out
             # $m = \sum_m w_m\, b_m \odot K_m (a_m \odot Q)$ as one sparse splat/blur/slice
-            message = self.fused(q)
+            message = self.fused(q, out=out)
         else:
             message = None
             for filter_fn, a, b in zip(self.filters, self.inner, self.outer, strict=True):
@@ -142,6 +151,9 @@ def iterate(
     """
     # initialisation: $Q_i(l) \propto \exp(-\theta_i(l))$
     q = torch.softmax(-unary, dim=1)  # (N, C)
+    # the new Q overwrites the old one (already used by the message) unless it must be kept:
+    # on a megapixel image a fresh Q per step costs more in page faults than the softmax itself
+    reuse = not track and not q.requires_grad
     history, energies = ([q], []) if track else ([], [])
     for step in range(iterations + (1 if track else 0)):
         # message passing, weighting: $m_i(l) = \sum_m w_m \sum_j \tilde k^{(m)}_{ij} Q_j(l)$
@@ -155,7 +167,11 @@ def iterate(
             break
         # compatibility (Potts), unaries, normalisation:
         # $Q_i(l) \propto \exp(-\theta_i(l) + m_i(l))$
-        q = torch.softmax(message.sub_(unary), dim=1)
+        logits = message.sub_(unary)
+        if reuse:  # the softmax written into Q's memory (the out= form of torch.softmax)
+            torch.ops.aten._softmax.out(logits, 1, False, out=q)
+        else:
+            q = torch.softmax(logits, dim=1)
         if track:
             history.append(q)
     return q, history, energies
@@ -261,8 +277,8 @@ def mean_field(
         filters, (params.w1, params.w2), params.normalization, exclude_self
     )
     # unary: $\theta_i(l) = -\log P_i(l)$, probabilities clipped to [1e-5, 1]
-    unary = -torch.log(probs.detach().to(torch.float32).clamp(PROB_CLIP, 1.0))  # (C, H, W)
-    unary = unary.reshape(c, h * w).T.contiguous()  # (N, C)
+    unary = probs.detach().to(torch.float32).reshape(c, h * w).T  # (N, C) view
+    unary = unary.clone(memory_format=torch.contiguous_format).clamp_(PROB_CLIP, 1.0).log_().neg_()
     q, history, energies = iterate(unary, message_fn, params.iterations, track)
     if track:  # the constant $\frac12 \sum_{ij} \sum_m w_m \tilde k^{(m)}_{ij}$ of the energy
         constant = 0.5 * message_fn(torch.ones(h * w, 1, device=device)).sum()
