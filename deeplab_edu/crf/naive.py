@@ -61,13 +61,15 @@ class NaiveFilter:
         return self.features.device
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
-        """Filter ``values`` of shape ``(N, C)``; returns ``(N, C)`` = $K$ ``values``."""
+        """Filter ``values`` of shape ``(N, C)``; returns ``(N, C)`` = $K$ ``values`` (in the
+        values' float dtype: float64 values give a float64 product, for gradient checks)."""
         if self.kernel is not None:
             # $\tilde Q_i = \sum_j k(f_i, f_j) Q_j$
-            return self.kernel @ values  # (N, C)
+            return self.kernel.to(values.dtype) @ values  # (N, C)
         out = torch.empty_like(values)
         for start in range(0, self.num_points, self.chunk_size):
             rows = self.features[start : start + self.chunk_size]  # (B, d)
             # $\tilde Q_i = \sum_j k(f_i, f_j) Q_j$ for the rows i of this chunk
-            out[start : start + rows.shape[0]] = gaussian_kernel(rows, self.features) @ values
+            kernel = gaussian_kernel(rows, self.features).to(values.dtype)
+            out[start : start + rows.shape[0]] = kernel @ values
         return out

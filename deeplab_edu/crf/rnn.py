@@ -1,0 +1,137 @@
+"""The fully connected CRF as a trainable layer: mean field unrolled into a recurrent network
+(Zheng et al., "Conditional Random Fields as Recurrent Neural Networks", ICCV 2015).
+
+DeepLab tunes its CRF after training the network, by a grid search over three numbers. Every
+step of mean field is a differentiable tensor operation, though: the Gaussian filtering (exact,
+or the permutohedral lattice's sparse splat, blur and slice), the weighting, the compatibility
+transform and the softmax. Unrolled for T iterations, the CRF becomes a layer whose output Q
+can be differentiated with respect to the network's scores and to the CRF's own parameters, and
+trained with them. The layer here keeps the bandwidths fixed (they define the lattice) and
+learns
+
+- the kernel weights $w_1, w_2$, kept positive by learning their logarithms;
+- a label compatibility matrix $\\mu$ (C x C), started at Potts ($\\mu(l, l') = [l \\ne l']$),
+  so that it can learn that some pairs of classes may touch and others not.
+
+One iteration: $m^{(k)} = \\tilde K_k Q$ for both kernels (normalised as in :func:`dense_crf`),
+then $Q_i(l) \\propto \\exp\\big(-\\theta_i(l) - \\sum_{l'} \\mu(l, l') \\sum_k w_k\\,
+m^{(k)}_i(l')\\big)$. With Potts and the same weights this is exactly :func:`dense_crf`'s update,
+since $\\sum_{l'} [l \\ne l'] m_i(l') = \\sum_{l'} m_i(l') - m_i(l)$ and the softmax removes the
+part that does not depend on $l$. The gradient of a Gaussian filtering is the same filtering
+(the kernel matrix is symmetric up to its normalisation), and autograd finds it through the
+sparse products without a hand-written backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from deeplab_edu.crf.kernels import CRFParams, appearance_features, smoothness_features
+from deeplab_edu.crf.meanfield import PROB_CLIP, PairwiseMessage
+from deeplab_edu.crf.naive import NaiveFilter
+from deeplab_edu.crf.permutohedral import PermutohedralLattice
+
+LAYER_METHODS = ("permutohedral", "naive")
+
+
+class MeanFieldCRF(nn.Module):
+    """DeepLab's fully connected CRF with learnable kernel weights and label compatibilities.
+
+    Args:
+        num_classes: C, the number of labels.
+        w1, theta_alpha, theta_beta, w2, theta_gamma: the starting weights and the fixed
+            bandwidths (default: DeepLab-LargeFOV's, as :class:`CRFParams`); weights must be > 0.
+        iterations: T, the mean-field iterations unrolled (default 10, the paper's).
+        normalization: the kernel normalisation, "after" (default), "symmetric" or "none".
+        method: ``"permutohedral"`` (float32) or ``"naive"`` (exact; small images, any float
+            dtype, for gradient checks).
+
+    Call ``crf(image, logits)`` with ``image`` ``(B, H, W, 3)`` uint8 and ``logits``
+    ``(B, C, H, W)`` float scores; it returns Q ``(B, C, H, W)``. The unaries are
+    $-\\log \\mathrm{softmax}(\\text{logits})$ clipped at ``PROB_CLIP``, as in :func:`dense_crf`.
+
+    Raises:
+        ValueError: for weights that are not positive, an unknown method or normalisation, and
+            (when called) inputs of the wrong shape, dtype or number of classes.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        w1: float = 4.0,
+        theta_alpha: float = 121.0,
+        theta_beta: float = 5.0,
+        w2: float = 3.0,
+        theta_gamma: float = 3.0,
+        iterations: int = 10,
+        normalization: str = "after",
+        method: str = "permutohedral",
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        # CRFParams checks that every number is finite and non-negative, and the normalisation
+        self.params = CRFParams(w1=w1, theta_alpha=theta_alpha, theta_beta=theta_beta, w2=w2,
+                                theta_gamma=theta_gamma, iterations=iterations,
+                                normalization=normalization)  # fmt: skip
+        if not (w1 > 0 and w2 > 0):
+            raise ValueError(f"learnable weights must start above 0 (their logarithms are "
+                             f"learned), got w1={w1}, w2={w2}")  # fmt: skip
+        if method not in LAYER_METHODS:
+            raise ValueError(f"method must be one of {LAYER_METHODS}, got {method!r}")
+        self.num_classes, self.method = num_classes, method
+        self.log_weights = nn.Parameter(torch.tensor([math.log(w1), math.log(w2)]))
+        self.compatibility = nn.Parameter(1.0 - torch.eye(num_classes))  # Potts
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """$(w_1, w_2)$, positive."""
+        return self.log_weights.exp()
+
+    def forward(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, 3)`` uint8 images and ``(B, C, H, W)`` scores -> Q ``(B, C, H, W)``."""
+        is_tensor = isinstance(logits, torch.Tensor)
+        if not is_tensor or logits.ndim != 4 or not logits.is_floating_point():
+            raise ValueError(f"logits must be a float (B, C, H, W) tensor, got "
+                             f"{getattr(logits, 'dtype', type(logits).__name__)} "
+                             f"{tuple(getattr(logits, 'shape', ()))}")  # fmt: skip
+        batch, classes, height, width = logits.shape
+        if classes != self.num_classes:
+            raise ValueError(f"logits have {classes} classes, the layer was built for "
+                             f"{self.num_classes}")  # fmt: skip
+        if (
+            not isinstance(image, torch.Tensor)
+            or image.dtype != torch.uint8
+            or tuple(image.shape) != (batch, height, width, 3)
+        ):
+            raise ValueError(f"image must be a uint8 (B, H, W, 3) = {(batch, height, width, 3)} "
+                             f"tensor, got {getattr(image, 'dtype', type(image).__name__)} "
+                             f"{tuple(getattr(image, 'shape', ()))}")  # fmt: skip
+        return torch.stack([self._one(im, z) for im, z in zip(image, logits, strict=True)])
+
+    def _one(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        classes, height, width = logits.shape
+        p = self.params
+        features = (
+            appearance_features(image, p.theta_alpha, p.theta_beta),  # (N, 5)
+            smoothness_features(height, width, p.theta_gamma, logits.device),  # (N, 2)
+        )
+        build = PermutohedralLattice if self.method == "permutohedral" else NaiveFilter
+        # one normalised kernel each, weight 1: the learnable weights multiply their messages
+        kernels = [PairwiseMessage([build(f)], [1.0], p.normalization) for f in features]
+        # unary: $\theta_i(l) = -\log P_i(l)$, probabilities clipped as in dense_crf
+        probs = torch.softmax(logits, dim=0).reshape(classes, height * width).T  # (N, C)
+        unary = -torch.log(probs.clamp_min(PROB_CLIP))
+        q = torch.softmax(-unary, dim=1)
+        weights = self.weights.to(logits.dtype)
+        compatibility = self.compatibility.to(logits.dtype)
+        for _ in range(p.iterations):
+            # $m_i(l') = \sum_k w_k (\tilde K_k Q)_i(l')$
+            message = weights[0] * kernels[0](q) + weights[1] * kernels[1](q)  # (N, C)
+            # compatibility transform: $\sum_{l'} \mu(l, l')\, m_i(l')$
+            q = torch.softmax(-unary - message @ compatibility.T, dim=1)
+        return q.T.reshape(classes, height, width)
