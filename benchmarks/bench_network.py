@@ -19,16 +19,10 @@ import torch
 
 from deeplab_edu import runtime
 from deeplab_edu.models import OUTPUT_STRIDE, VARIANTS, deeplab, vgg16_fully_convolutional
-from deeplab_edu.models.cost import best_time, multiply_adds
+from deeplab_edu.models.cost import best_time, matmul_gflops, multiply_adds
 from deeplab_edu.models.stitch import make_atrous, shift_and_stitch
 
 SIZES = {name: (306, 321) for name in VARIANTS} | {"DeepLab-LargeFOV": (306, 321, 513)}
-
-
-def matmul_gflops(device: torch.device, repeats: int, n: int = 1024) -> float:
-    """This machine's float32 matrix-multiply speed, GFLOP/s (2 n^3 FLOPs per product)."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    return 2 * n**3 / best_time(lambda: a @ b, device, max(repeats, 5)) / 1e9
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ from torchvision.models.segmentation import deeplabv3_resnet50
 from deeplab_edu import runtime
 from deeplab_edu.data.voc import IGNORE_INDEX, NUM_CLASSES
 from deeplab_edu.models import deeplab
-from deeplab_edu.models.cost import multiply_adds
+from deeplab_edu.models.cost import matmul_gflops, multiply_adds
 from deeplab_edu.train import TrainConfig, make_optimizer, segmentation_loss
 
 
@@ -111,17 +111,6 @@ def best_step_time(step: Callable[[], None], device: torch.device, repeats: int)
         step()
         best = min(best, runtime.now(device) - start)
     return best
-
-
-def matmul_gflops(device: torch.device, n: int = 1024, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = runtime.now(device)
-        a @ b
-        best = min(best, runtime.now(device) - start)
-    return 2 * n**3 / best / 1e9
 
 
 @contextlib.contextmanager

@@ -170,6 +170,13 @@ def test_multiply_adds_of_vgg16_and_of_one_convolution():
     assert round(multiply_adds(vgg, 224, 224) / 1e9, 2) == 15.47  # VGG-16's well-known 15.5 G
 
 
+def test_matmul_speed_is_a_positive_rate():
+    from deeplab_edu.models.cost import matmul_gflops
+
+    speed = matmul_gflops(torch.device("cpu"), repeats=1, n=64)  # the benchmarks' reference
+    assert 0 < speed < float("inf")
+
+
 def test_atrous_conv2d_on_cuda(cuda_device):
     x = torch.randn(2, 3, 17, 19, device=cuda_device)
     w = torch.randn(4, 3, 3, 3, device=cuda_device)

@@ -57,3 +57,10 @@ def best_time(fn: Callable[[], object], device: torch.device, repeats: int = 3) 
             fn()
             best = min(best, runtime.now(device) - start)
     return best
+
+
+def matmul_gflops(device: torch.device, repeats: int = 5, n: int = 1024) -> float:
+    """This machine's float32 matrix-multiply speed in GFLOP/s (2 n^3 FLOPs per product), the
+    reference the benchmarks divide a network's achieved GFLOP/s by."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n**3 / best_time(lambda: a @ b, device, max(repeats, 5)) / 1e9
