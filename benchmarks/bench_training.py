@@ -46,7 +46,7 @@ from torchvision.models.segmentation import deeplabv3_resnet50
 from deeplab_edu import runtime
 from deeplab_edu.data.voc import IGNORE_INDEX, NUM_CLASSES
 from deeplab_edu.models import deeplab
-from deeplab_edu.models.cost import matmul_gflops, multiply_adds
+from deeplab_edu.models.cost import best_time, matmul_gflops, multiply_adds
 from deeplab_edu.train import TrainConfig, make_optimizer, segmentation_loss
 
 
@@ -100,17 +100,6 @@ def grid(target: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     rows = torch.linspace(0, height - 1, h, device=target.device).round().long()
     cols = torch.linspace(0, width - 1, w, device=target.device).round().long()
     return target[:, rows][:, :, cols]
-
-
-def best_step_time(step: Callable[[], None], device: torch.device, repeats: int) -> float:
-    """Best-of-``repeats`` wall time of a training step, after one warm-up step."""
-    step()
-    best = float("inf")
-    for _ in range(repeats):
-        start = runtime.now(device)
-        step()
-        best = min(best, runtime.now(device) - start)
-    return best
 
 
 @contextlib.contextmanager
@@ -178,8 +167,8 @@ def main() -> None:
             model = model.to(memory_format=torch.channels_last)
             inputs = x.contiguous(memory_format=torch.channels_last)
         with setting:
-            seconds = best_step_time(training_step(model, sgd(model), inputs, target), device,
-                                     args.repeats)  # fmt: skip
+            step = training_step(model, sgd(model), inputs, target)
+            seconds = best_time(step, device, args.repeats, grad=True)
         rows[name] = (macs, seconds)
         del model
         print(f"  measured {name} ({time.perf_counter() - began:.0f} s)", flush=True)

@@ -45,11 +45,14 @@ def multiply_adds(model: nn.Module, height: int, width: int, *, batch: int = 1) 
     return total
 
 
-def best_time(fn: Callable[[], object], device: torch.device, repeats: int = 3) -> float:
+def best_time(
+    fn: Callable[[], object], device: torch.device, repeats: int = 3, *, grad: bool = False
+) -> float:
     """Best-of-``repeats`` wall time of ``fn()`` in seconds, after one warm-up call, without
-    autograd; CUDA work is synchronised so that the time includes it."""
+    autograd unless ``grad`` (a training step); CUDA work is synchronised so that the time
+    includes it."""
 
-    with torch.no_grad():
+    with torch.enable_grad() if grad else torch.no_grad():
         fn()
         best = float("inf")
         for _ in range(max(1, repeats)):

@@ -182,8 +182,9 @@ def plot_upsampling(
     coarse_p, fine_p = torch.softmax(scores, 0), torch.softmax(fine, 0)
     h, w = scores.shape[-2:]
     # each pixel shows the cell whose centre (8 i, 8 j) is nearest: the cells as 8x8 blocks
-    rows = torch.arange(height).div(OUTPUT_STRIDE).round().long().clamp(max=h - 1)
-    cols = torch.arange(width).div(OUTPUT_STRIDE).round().long().clamp(max=w - 1)
+    half = OUTPUT_STRIDE // 2  # ties (pixel 8 i + 4) go to the next cell, for every i alike
+    rows = ((torch.arange(height) + half) // OUTPUT_STRIDE).clamp(max=h - 1)
+    cols = ((torch.arange(width) + half) // OUTPUT_STRIDE).clamp(max=w - 1)
     blocks = coarse_p[:, rows][:, :, cols]  # (C, H, W)
     truth = to_numpy(target) == class_index
     fig, axes = plt.subplots(2, 3, figsize=(8.4, 6.6))
@@ -207,7 +208,7 @@ def plot_upsampling(
         ax.set_title(title, fontsize=9)
     for ax in axes.flat:
         ax.axis("off")
-    present = np.concatenate([to_numpy(target).ravel(), fine_p.argmax(0).numpy().ravel()])
+    present = np.concatenate([labels.ravel() for _, labels in bottom])  # every class drawn
     legend(fig, present, right=0.9)
     box = axes[0, 2].get_position()
     fig.colorbar(shown, cax=fig.add_axes((0.91, box.y0, 0.015, box.height)), label=f"P({name})")
