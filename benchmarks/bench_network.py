@@ -1,4 +1,4 @@
-"""Forward speed of the DeepLab variants on this machine, as ratios measured in one run.
+"""Forward speed of the paper's DeepLab variants on this machine, as ratios measured in one run.
 
 Prints, per variant and input size, images/second and the achieved GFLOP/s as a fraction of
 this machine's matrix-multiply GFLOP/s; the LargeFOV vs 7x7 speed-up (the paper: 3.36x in
@@ -18,11 +18,11 @@ import argparse
 import torch
 
 from deeplab_edu import runtime
-from deeplab_edu.models import OUTPUT_STRIDE, VARIANTS, deeplab, vgg16_fully_convolutional
+from deeplab_edu.models import OUTPUT_STRIDE, PAPER_VARIANTS, deeplab, vgg16_fully_convolutional
 from deeplab_edu.models.cost import best_time, matmul_gflops, multiply_adds
 from deeplab_edu.models.stitch import make_atrous, shift_and_stitch
 
-SIZES = {name: (306, 321) for name in VARIANTS} | {"DeepLab-LargeFOV": (306, 321, 513)}
+SIZES = {name: (306, 321) for name in PAPER_VARIANTS} | {"DeepLab-LargeFOV": (306, 321, 513)}
 
 
 def main() -> None:
@@ -38,8 +38,8 @@ def main() -> None:
     )
     peak = matmul_gflops(device, args.repeats)
     print(f"matrix multiply (1024x1024, float32) before the networks: {peak:.1f} GFLOP/s")
-    models = {name: deeplab(name, width=args.width).to(device).eval() for name in VARIANTS}
-    cases = [(name, size) for name in VARIANTS for size in SIZES[name]]
+    models = {name: deeplab(name, width=args.width).to(device).eval() for name in PAPER_VARIANTS}
+    cases = [(name, size) for name in PAPER_VARIANTS for size in SIZES[name]]
     inputs = {size: torch.randn(1, 3, size, size, device=device) for _, size in cases}
     best = dict.fromkeys(cases, float("inf"))
     for _ in range(args.repeats):  # interleaved rounds: a busy moment slows one round, not one case

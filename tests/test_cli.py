@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from deeplab_edu.checkpoint import load_checkpoint
 from deeplab_edu.cli import main
 from deeplab_edu.data.toy import make_toy_voc
 from deeplab_edu.models import VARIANTS
@@ -86,6 +87,14 @@ def test_train_writes_a_run_and_rejects_bad_values(run, toy_dir, tmp_path, capsy
     with pytest.raises(SystemExit):
         main([*base, "--iterations", "many"])
     assert "invalid int value: 'many'" in capsys.readouterr().err
+
+
+def test_train_accepts_the_aspp_variants(toy_dir, tmp_path):
+    out = tmp_path / "aspp"
+    assert main(["train", *TINY, "--dataset", str(toy_dir), "--iterations", "2",
+                 "--variant", "DeepLab-ASPP-256", "--out", str(out)]) == 0  # fmt: skip
+    assert json.loads((out / "config.json").read_text())["variant"] == "DeepLab-ASPP-256"
+    assert "fc8.3.weight" in load_checkpoint(out / "checkpoint.pt")["model"]
 
 
 def test_missing_voc_says_how_to_get_it(tmp_path, monkeypatch, capsys):

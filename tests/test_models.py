@@ -1,5 +1,6 @@
 """The DeepLab family: Table 2's parameter counts, output sizes and stride, the conversion from
-torchvision's VGG-16 (exact where it can be), decimation, the multi-scale head, weight files."""
+torchvision's VGG-16 (exact where it can be), decimation, the multi-scale head, v2's ASPP (and
+our equal-cost ASPP-256), weight files."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import torch.nn.functional as F
 
 from deeplab_edu.fetch import ChecksumError, file_digest, verify
 from deeplab_edu.models import (
+    PAPER_VARIANTS,
     VARIANTS,
+    VGG16_CFG,
+    Layer,
+    Variant,
     deeplab,
     load_vgg16,
     output_size,
@@ -19,6 +24,8 @@ from deeplab_edu.models import (
     vgg16_fully_convolutional,
     vgg16_imagenet_state_dict,
 )
+from deeplab_edu.models.cost import multiply_adds
+from deeplab_edu.models.field import paper_field_of_view
 from deeplab_edu.models.vgg import (
     channel_indices,
     decimation_taps,
@@ -31,6 +38,8 @@ TABLE2_PARAMS = {  # millions, as printed in Table 2 (with the 21-class classifi
     "DeepLab-4x4": 65.1,
     "DeepLab-LargeFOV": 20.5,
 }
+ASPP_CHANNELS = {"DeepLab-ASPP": 1024, "DeepLab-ASPP-256": 256}  # fc6 and fc7, per branch
+ASPP_RATES = [6, 12, 18, 24]  # v2's ASPP-L
 SMALL = 1 / 16  # width for forward passes on a shared CPU
 
 
@@ -47,8 +56,9 @@ def _meta(name: str, **kwargs) -> torch.nn.Module:
         return deeplab(name, **kwargs)
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", PAPER_VARIANTS)
 def test_parameter_counts_match_table_2(name):
+    assert set(PAPER_VARIANTS) == set(TABLE2_PARAMS) and set(PAPER_VARIANTS) < set(VARIANTS)
     params = sum(p.numel() for p in _meta(name).parameters())
     assert round(params / 1e6, 1) == TABLE2_PARAMS[name]
 
@@ -64,6 +74,7 @@ def test_output_stride_is_8_and_aligned_sizes(name):
 
 @pytest.mark.parametrize(("name", "size", "expected"), [
     ("DeepLab", 306, 39), ("DeepLab-LargeFOV", 321, 41), ("DeepLab-LargeFOV", 513, 65),
+    ("DeepLab-ASPP", 321, 41), ("DeepLab-ASPP-256", 513, 65), ("DeepLab-ASPP-256", 306, 39),
 ])  # fmt: skip
 def test_forward_output_sizes(name, size, expected):
     torch.manual_seed(0)
@@ -133,7 +144,7 @@ def test_decimation_taps():
     assert channel_indices(4096, 1024).tolist() == list(range(0, 4096, 4))
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", PAPER_VARIANTS)
 def test_decimated_fc6_is_the_original_on_the_kept_taps(name, vgg_state):
     model = load_vgg16(deeplab(name, width=SMALL), vgg_state)
     fc6 = vgg_state[torchvision_keys()["fc6"] + ".weight"].reshape(4096, 512, 7, 7)
@@ -156,12 +167,117 @@ def test_decimated_fc6_is_the_original_on_the_kept_taps(name, vgg_state):
         torch.testing.assert_close(ours, full)
 
 
+@pytest.mark.parametrize("name", ASPP_CHANNELS)
+def test_every_aspp_branch_starts_from_vgg16s_fc6_and_fc7(name, vgg_state):
+    model = deeplab(name, width=SMALL)
+    before = [fc8.weight.clone() for _, _, fc8 in model.heads()]
+    load_vgg16(model, vgg_state)
+    channels = model.fc6[0].out_channels
+    keep6 = channel_indices(4096, channels)
+    keep5 = channel_indices(512, model.features.conv5_3.out_channels)
+    taps = decimation_taps(3)
+    fc6 = vgg_state["classifier.0.weight"].reshape(4096, 512, 7, 7)
+    expected6 = fc6[keep6][:, keep5][:, :, taps][:, :, :, taps]  # (C6, C5, 3, 3)
+    expected7 = vgg_state["classifier.3.weight"][keep6][:, keep6]  # (C7, C6)
+    masked = expected6.new_zeros(expected6.shape[:2] + (7, 7))
+    grid = torch.tensor(taps)
+    masked[:, :, grid[:, None], grid[None, :]] = expected6
+    x = torch.randn(1, expected6.shape[1], 30, 30)
+    heads = model.heads()
+    assert [fc6.dilation[0] for fc6, _, _ in heads] == ASPP_RATES
+    for (conv6, conv7, conv8), fc8_before, rate in zip(heads, before, ASPP_RATES, strict=True):
+        assert torch.equal(conv6.weight, expected6)
+        assert torch.equal(conv6.bias, vgg_state["classifier.0.bias"][keep6])
+        assert torch.equal(conv7.weight[:, :, 0, 0], expected7)
+        # 3 taps at rate r sample the 7x7 kernel at rate r / 3 on its kept taps (as LargeFOV)
+        full = F.conv2d(x, masked, padding=rate, dilation=rate // 3)
+        ours = F.conv2d(x, conv6.weight, padding=conv6.padding, dilation=conv6.dilation)
+        torch.testing.assert_close(ours, full)
+        assert torch.equal(conv8.weight, fc8_before)  # fc8 stays new in every branch
+        assert conv8.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    assert not torch.equal(heads[0][2].weight, heads[1][2].weight)  # drawn independently
+
+
 def test_largefov_decimates_fc7_channels_on_both_sides(vgg_state):
     model = load_vgg16(deeplab("DeepLab-LargeFOV"), vgg_state)
     fc7 = vgg_state["classifier.3.weight"]
     assert torch.equal(model.fc7.weight[:, :, 0, 0], fc7[::4, ::4])
     assert torch.equal(model.fc6.bias, vgg_state["classifier.0.bias"][::4])
     assert torch.equal(model.features.conv3_2.weight, vgg_state["features.12.weight"])
+
+
+def test_v1_keeps_its_state_dict_keys_and_aspp_indexes_its_branches():
+    head = ["fc6.weight", "fc6.bias", "fc7.weight", "fc7.bias", "fc8.weight", "fc8.bias"]
+    for name in TABLE2_PARAMS:  # the keys of the trained checkpoints in data/runs
+        keys = list(_meta(name).state_dict())
+        assert [k for k in keys if not k.startswith("features.")] == head, name
+    keys = list(_meta("DeepLab-ASPP").state_dict())
+    assert [k for k in keys if not k.startswith("features.")] == [
+        f"{layer}.{branch}.{p}" for layer in ("fc6", "fc7", "fc8") for branch in range(4)
+        for p in ("weight", "bias")
+    ]  # fmt: skip
+    assert list(_meta("DeepLab-ASPP").features.named_children())[-1][0] == "pool5"  # no pool5a
+
+
+@pytest.mark.parametrize("name", ASPP_CHANNELS)
+def test_aspp_parameter_count_is_the_backbone_plus_four_branches(name):
+    convs = [c for c in VGG16_CFG if c != "M"]
+    pairs = zip([3, *convs[:-1]], convs, strict=True)  # (C_in, C_out) of each 3x3 convolution
+    backbone = sum((c_in * 9 + 1) * c_out for c_in, c_out in pairs)
+    assert backbone == 14_714_688  # VGG-16's 13 convolutions
+    c = ASPP_CHANNELS[name]
+    branch = (512 * 9 + 1) * c + (c + 1) * c + (c + 1) * 21  # fc6 3x3, fc7, fc8 with biases
+    assert sum(p.numel() for p in _meta(name).parameters()) == backbone + 4 * branch
+
+
+def test_aspp_sums_four_branches_at_rates_6_to_24():
+    torch.manual_seed(0)
+    model = deeplab("DeepLab-ASPP", width=SMALL, num_classes=5).eval()
+    heads = model.heads()
+    rates = [(fc6.dilation[0], fc6.padding[0]) for fc6, _, _ in heads]
+    assert rates == [(r, r) for r in ASPP_RATES]  # each keeps the size
+    assert all(fc6.out_channels == fc7.out_channels == 64 for fc6, fc7, _ in heads)  # 1024 / 16
+    x = torch.randn(1, 3, 41, 41)
+    with torch.no_grad():
+        features = model.features(x)  # (1, 32, 6, 6)
+        branches = [fc8(F.relu(fc7(F.relu(fc6(features))))) for fc6, fc7, fc8 in heads]
+        torch.testing.assert_close(model(x), sum(branches))
+    assert all(branch.abs().amax() > 0 for branch in branches)  # each one counts
+
+
+def test_aspp_field_of_view_is_its_widest_branchs():
+    layers = _meta("DeepLab-ASPP").layers()
+    fc6 = next(layer for layer in layers if layer.name == "fc6")
+    assert (fc6.kernel, fc6.dilation, fc6.padding) == (3, 24, 24)
+    # LargeFOV's backbone without pool5a, then the rate-24 branch
+    backbone = _meta("DeepLab-LargeFOV").layers()[:18]
+    assert backbone[-1].name == "pool5"
+    branch = [Layer("conv", 3, dilation=24, padding=24), Layer("conv", 1), Layer("conv", 1)]
+    assert receptive_field(layers) == receptive_field([*backbone, *branch]) == 611
+    assert receptive_field(backbone) + 2 * 24 * 8 == 611  # pool5's 227 + fc6's span at stride 8
+    # the paper's measure (fc6's span on the stride-32 grid): rates 6..24 see 128..416 pixels
+    assert [paper_field_of_view(3, r) for r in ASPP_RATES] == [128, 224, 320, 416]
+    assert paper_field_of_view(fc6.kernel, fc6.dilation) == 416
+
+
+def test_aspp_256_costs_what_largefov_costs():
+    macs = {name: multiply_adds(_meta(name), 321, 321) for name in ("DeepLab-LargeFOV",
+            *ASPP_CHANNELS)}  # fmt: skip
+    # same backbone (pool5a costs no multiply-add); per score cell, the heads differ by
+    per_cell = 4 * (512 * 256 * 9 + 256 * 256 + 256 * 21) - (512 * 1024 * 9 + 1024**2 + 1024 * 21)
+    assert macs["DeepLab-ASPP-256"] - macs["DeepLab-LargeFOV"] == 41 * 41 * per_cell
+    ratio_256 = macs["DeepLab-ASPP-256"] / macs["DeepLab-LargeFOV"]
+    ratio = macs["DeepLab-ASPP"] / macs["DeepLab-LargeFOV"]
+    print(f"multiply-adds at 321 vs LargeFOV: ASPP-256 {ratio_256:.3f}x, ASPP {ratio:.3f}x")
+    assert 0.95 < ratio_256 < 1.05  # measured 0.974
+    assert 1.5 < ratio < 1.65  # measured 1.573: four LargeFOV heads on the same backbone
+
+
+def test_aspp_is_not_sequential_and_branches_are_checked():
+    with pytest.raises(ValueError, match="4 parallel branches"):
+        deeplab("DeepLab-ASPP-256", width=SMALL).as_sequential()
+    with pytest.raises(ValueError, match=r"rate multiplier >= 1 per branch, got \(\)"):
+        Variant("DeepLab-empty", fc6_kernel=3, fc6_rate=6, fc6_padding=6, branches=())
 
 
 def test_conversion_rejects_feature_only_weights_and_foreign_dicts(vgg_state):

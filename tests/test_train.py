@@ -88,6 +88,16 @@ def test_param_groups_follow_the_caffe_solver():
     )
 
 
+def test_param_groups_give_every_aspp_branch_classifier_the_new_layers_rate():
+    model = build_model(tiny(variant="DeepLab-ASPP-256"))
+    groups = {g["name"]: g for g in param_groups(model, TrainConfig())}
+    new = {id(p) for p in groups["new weights"]["params"] + groups["new biases"]["params"]}
+    names = {name for name, p in model.named_parameters() if id(p) in new}
+    assert names == {f"fc8.{branch}.{p}" for branch in range(4) for p in ("weight", "bias")}
+    assert new == {id(p) for _, _, fc8 in model.heads() for p in fc8.parameters()}
+    assert len(groups["pretrained weights"]["params"]) == 13 + 2 * 4  # conv1_1..conv5_3, fc6, fc7
+
+
 def test_loss_ignores_void_and_checks_alignment():
     scores = torch.randn(1, 21, 5, 5, requires_grad=True)
     target = torch.full((1, 33, 33), 255, dtype=torch.int64)

@@ -4,13 +4,14 @@
 - :mod:`~deeplab_edu.models.field`: receptive field, output stride and size of a layer stack.
 - :mod:`~deeplab_edu.models.stitch`: shift-and-stitch, the slow way to the same dense output.
 - :mod:`~deeplab_edu.models.vgg`: VGG-16 as data, conversion, checksummed weight download.
-- :mod:`~deeplab_edu.models.deeplab`: the variants, the multi-scale head, the builder.
+- :mod:`~deeplab_edu.models.deeplab`: the variants (v1, v2's ASPP), the multi-scale head, builder.
 - :mod:`~deeplab_edu.models.pretrained`: where the weights start (ImageNet, random, a checkpoint).
 """
 
 from deeplab_edu.models.atrous import atrous_conv1d, atrous_conv2d, im2col_atrous
 from deeplab_edu.models.deeplab import (
     NEW_LAYER_PREFIXES,
+    PAPER_VARIANTS,
     VARIANTS,
     DeepLab,
     MultiScaleHead,
@@ -37,6 +38,7 @@ from deeplab_edu.models.vgg import (
 __all__ = [
     "NEW_LAYER_PREFIXES",
     "OUTPUT_STRIDE",
+    "PAPER_VARIANTS",
     "VARIANTS",
     "VGG16_CFG",
     "DeepLab",

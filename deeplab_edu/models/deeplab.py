@@ -11,12 +11,23 @@ Pooling (a choice, see the chapter "From VGG-16 to DeepLab"): every variant uses
 LargeFOV configuration's 3x3 max-poolings (stride 2, padding 1 for pool1-pool3; stride 1,
 padding 1 for pool4-pool5), which keep sizes aligned (306 -> 39, 321 -> 41, 513 -> 65);
 LargeFOV adds a 3x3 stride-1 average pooling before fc6, as in its prototxt.
+
+DeepLab v2's atrous spatial pyramid pooling (Chen et al., TPAMI 2017, arXiv:1606.00915; its
+DeepLab-ASPP-L on VGG-16) keeps LargeFOV's backbone without the average pooling and replaces
+the head by four parallel branches, one per rate 6, 12, 18, 24: fc6 (3x3 at that rate,
+1024 channels), fc7 (1x1, 1024), fc8 (1x1, the classes), with ReLU and dropout as in v1; the
+four branches' class scores are summed. "DeepLab-ASPP-256" is ours, not v2's: the same branches
+with 256 channels each, so that the head costs about what LargeFOV's does per score cell
+(4 x (512 x 256 x 9 + 256 x 256) against 512 x 1024 x 9 + 1024 x 1024 multiply-adds). v2's ASPP
+has both more rates and four times LargeFOV's head; at equal cost, a comparison with LargeFOV
+measures the pyramid of rates alone.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +37,8 @@ from deeplab_edu.models.field import OUTPUT_STRIDE, Layer, score_cells
 from deeplab_edu.models.vgg import FC_CHANNELS, IMAGENET_CLASSES, VGG16_CFG, layer_names
 
 MSC_PREFIX = "msc."  # the multi-scale branches and their classifier (DeepLab-MSc's second stage)
-NEW_LAYER_PREFIXES = ("fc8.", MSC_PREFIX)  # the layers DeepLab adds to VGG-16 (x10 learning rate)
+# the layers DeepLab adds to VGG-16 (x10 learning rate): "fc8.weight", ASPP's "fc8.<branch>.weight"
+NEW_LAYER_PREFIXES = ("fc8.", MSC_PREFIX)
 
 _MAX_S2 = Layer("max", kernel=3, stride=2, padding=1)
 _MAX_S1 = Layer("max", kernel=3, stride=1, padding=1)
@@ -44,11 +56,14 @@ class Variant:
         fc6_kernel: fc6's kernel size (7 in VGG-16, decimated to 4 or 3).
         fc6_rate: fc6's atrous rate ("input stride" in Table 2).
         fc6_padding: fc6's padding, rate (kernel - 1) / 2 to keep the size.
-        fc_channels: fc6 and fc7 width (4096, or 1024 for LargeFOV).
+        fc_channels: fc6 and fc7 width (4096, or 1024 for LargeFOV), per branch.
         pools: pool1..pool5.
         conv5_rate: the rate of conv5_1..conv5_3 (2 once pool4 no longer subsamples).
         avg_pool: the extra pooling before fc6 (LargeFOV), or None.
         dropout: dropout probability after fc6 and fc7.
+        branches: one parallel fc6-fc7-fc8 branch per entry m, its fc6 at rate m x fc6_rate
+            with padding m x fc6_padding; their scores are summed. (1,) is v1's single head;
+            (1, 2, 3, 4) with fc6_rate 6 is v2's ASPP at rates 6, 12, 18, 24.
     """
 
     name: str
@@ -60,25 +75,40 @@ class Variant:
     conv5_rate: int = 2
     avg_pool: Layer | None = None
     dropout: float = 0.5
+    branches: tuple[int, ...] = (1,)
+
+    def __post_init__(self) -> None:
+        if not self.branches or any(m < 1 for m in self.branches):
+            raise ValueError(
+                f"Variant.branches must hold one rate multiplier >= 1 per branch, "
+                f"got {self.branches!r}"
+            )
 
 
-_VARIANTS = {
-    v.name: v
-    for v in (
-        Variant("DeepLab", fc6_kernel=4, fc6_rate=4, fc6_padding=6),
-        Variant("DeepLab-7x7", fc6_kernel=7, fc6_rate=4, fc6_padding=12),
-        Variant("DeepLab-4x4", fc6_kernel=4, fc6_rate=8, fc6_padding=12),
-        Variant(
-            "DeepLab-LargeFOV",
-            fc6_kernel=3,
-            fc6_rate=12,
-            fc6_padding=12,
-            fc_channels=1024,
-            avg_pool=Layer("avg", kernel=3, stride=1, padding=1),
-        ),
-    )
-}
+# DeepLab v2's ASPP-L: LargeFOV's backbone without pool5a, fc6 at rates 6 x (1, 2, 3, 4)
+_ASPP = Variant(
+    "DeepLab-ASPP", fc6_kernel=3, fc6_rate=6, fc6_padding=6, fc_channels=1024, branches=(1, 2, 3, 4)
+)
+_PAPER = (  # the paper's four (Table 2)
+    Variant("DeepLab", fc6_kernel=4, fc6_rate=4, fc6_padding=6),
+    Variant("DeepLab-7x7", fc6_kernel=7, fc6_rate=4, fc6_padding=12),
+    Variant("DeepLab-4x4", fc6_kernel=4, fc6_rate=8, fc6_padding=12),
+    Variant(
+        "DeepLab-LargeFOV",
+        fc6_kernel=3,
+        fc6_rate=12,
+        fc6_padding=12,
+        fc_channels=1024,
+        avg_pool=Layer("avg", kernel=3, stride=1, padding=1),
+    ),
+)
+_AFTER = (  # beyond the paper: v2's ASPP, and ours at LargeFOV's cost (module docstring)
+    _ASPP,
+    replace(_ASPP, name="DeepLab-ASPP-256", fc_channels=256),
+)
+_VARIANTS = {v.name: v for v in (*_PAPER, *_AFTER)}
 VARIANTS: tuple[str, ...] = tuple(_VARIANTS)
+PAPER_VARIANTS: tuple[str, ...] = tuple(v.name for v in _PAPER)  # Table 2's
 
 # The original classifier as a fully convolutional network: 2x2 stride-2 poolings, no holes,
 # fc6 7x7 without padding (a 224x224 input gives 1x1 scores, equal to torchvision's logits).
@@ -156,6 +186,10 @@ class MultiScaleHead(nn.Module):
 class DeepLab(nn.Module):
     """A DeepLab network (or the fully convolutional VGG-16 it starts from).
 
+    With one branch (DeepLab v1) fc6, fc7 and fc8 are convolutions, with state-dict keys
+    "fc6.weight", ...; with several (ASPP) each is an ``nn.ModuleList`` holding one convolution
+    per branch, keys "fc6.0.weight" .. "fc8.3.bias" (:meth:`heads` pairs them up).
+
     Attributes:
         variant: the variant's name, e.g. "DeepLab-LargeFOV".
         config: its :class:`Variant`.
@@ -163,7 +197,8 @@ class DeepLab(nn.Module):
         features: conv1_1 .. pool5 (and LargeFOV's extra average pooling "pool5a").
         fc6, fc7: the convolutionalised fully connected layers, initialised from VGG-16.
         fc8: the new classifier (trained with 10x the learning rate).
-        msc: the multi-scale branches and their classifier (:class:`MultiScaleHead`), or None.
+        msc: the multi-scale branches and their classifier (:class:`MultiScaleHead`), or None;
+            their scores are added to fc8's (to the sum of the branches' for ASPP).
     """
 
     def __init__(self, config: Variant, *, num_classes: int, width: float, msc: bool) -> None:
@@ -192,11 +227,13 @@ class DeepLab(nn.Module):
             pool = config.avg_pool
             layers["pool5a"] = nn.AvgPool2d(pool.kernel, pool.stride, pool.padding)
         self.features = nn.Sequential(layers)
-        fc = scaled(config.fc_channels, width)
-        k, rate = config.fc6_kernel, config.fc6_rate
-        self.fc6 = nn.Conv2d(channels, fc, k, padding=config.fc6_padding, dilation=rate)
+        fc, k, branches = scaled(config.fc_channels, width), config.fc6_kernel, config.branches
+        self.fc6 = _one_or_list(
+            nn.Conv2d(channels, fc, k, padding=config.fc6_padding * m, dilation=config.fc6_rate * m)
+            for m in branches
+        )
         self.drop6 = nn.Dropout(config.dropout)
-        self.fc7 = nn.Conv2d(fc, fc, 1)
+        self.fc7 = _one_or_list(nn.Conv2d(fc, fc, 1) for _ in branches)
         self.drop7 = nn.Dropout(config.dropout)
         self.msc = (
             MultiScaleHead(tap_channels[:5], [stride // s for s in tap_strides[:5]],
@@ -204,28 +241,41 @@ class DeepLab(nn.Module):
             if msc
             else None
         )  # fmt: skip
-        self.fc8 = nn.Conv2d(fc, num_classes, 1)
+        self.fc8 = _one_or_list(nn.Conv2d(fc, num_classes, 1) for _ in branches)
         self.reset_parameters()
+
+    def heads(self) -> list[tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]]:
+        """fc6, fc7 and fc8 of every parallel branch: one for v1, one per rate for ASPP."""
+        if isinstance(self.fc6, nn.ModuleList):
+            return list(zip(self.fc6, self.fc7, self.fc8, strict=True))
+        return [(self.fc6, self.fc7, self.fc8)]
 
     def reset_parameters(self) -> None:
         """Initialise as if no VGG-16 weights were loaded: convolutions as torchvision's VGG
-        (He normal, fan-out), fc8 Gaussian with std 0.01 (paper), biases 0, and the multi-scale
-        classifier Gaussian with std 0.001 (the released MSc prototxt's filler for the new
-        branches' classifier), so that stage two starts close to the stage-one network."""
+        (He normal, fan-out), fc8 (every branch's) Gaussian with std 0.01 (paper), biases 0, and
+        the multi-scale classifier Gaussian with std 0.001 (the released MSc prototxt's filler
+        for the new branches' classifier), so that stage two starts close to the stage-one
+        network."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        nn.init.normal_(self.fc8.weight, std=0.01)
+        for _, _, fc8 in self.heads():
+            nn.init.normal_(fc8.weight, std=0.01)
         if self.msc is not None:
             nn.init.normal_(self.msc.classifier.weight, std=MSC_CLASSIFIER_STD)
 
     def layers(self) -> list[Layer]:
         """The network as a list of :class:`~deeplab_edu.models.field.Layer` (for the
-        receptive-field calculator): every convolution and pooling up to fc8."""
+        receptive-field calculator): every convolution and pooling up to fc8.
+
+        For ASPP, fc6 is the widest branch's (rate 24): the branches are centred on the same
+        cell and their scores summed, so the network sees the union of their fields, the widest.
+        """
+        fc6 = max((fc6 for fc6, _, _ in self.heads()), key=lambda conv: conv.dilation[0])
         out = []
-        for name, module in [*self.features.named_children(), ("fc6", self.fc6)]:
+        for name, module in [*self.features.named_children(), ("fc6", fc6)]:
             if isinstance(module, nn.Conv2d):
                 out.append(
                     Layer(
@@ -247,6 +297,11 @@ class DeepLab(nn.Module):
         this model's weights; used by :func:`~deeplab_edu.models.stitch.make_atrous`."""
         if self.msc is not None:
             raise ValueError("as_sequential: the multi-scale head is not a sequential network")
+        if len(self.config.branches) > 1:
+            raise ValueError(
+                f"as_sequential: {self.variant}'s {len(self.config.branches)} parallel "
+                "branches (ASPP) are not a sequential network; expected one branch"
+            )
         head = [self.fc6, nn.ReLU(), self.fc7, nn.ReLU(), self.fc8]
         return nn.Sequential(*self.features, *head)
 
@@ -272,9 +327,12 @@ class DeepLab(nn.Module):
             x = module(x)
             if name in ("pool1", "pool2", "pool3", "pool4"):
                 taps.append(x)
-        x = self.drop6(F.relu(self.fc6(x)))  # (B, 4096, h, w)
-        x = self.drop7(F.relu(self.fc7(x)))  # (B, 4096, h, w)
-        scores = self.fc8(x)  # (B, C, h, w)
+        branches = []
+        for fc6, fc7, fc8 in self.heads():  # one for v1, one per rate for ASPP
+            y = self.drop6(F.relu(fc6(x)))  # (B, 4096, h, w)
+            y = self.drop7(F.relu(fc7(y)))  # (B, 4096, h, w)
+            branches.append(fc8(y))  # (B, C, h, w)
+        scores = sum(branches[1:], branches[0])  # (B, C, h, w): ASPP sums its branches
         if self.msc is not None:
             scores = scores + self.msc(taps)  # (B, C, h, w): fc8 over [fc7, 640 MSc channels]
         return scores
@@ -292,6 +350,13 @@ class DeepLab(nn.Module):
         if self.config.pools != _DEEPLAB_POOLS:
             raise ValueError(f"predict needs a stride-8 DeepLab variant, not {self.variant!r}")
         return upsample_scores(self.forward(x), x.shape[-2:])  # (B, C, H, W)
+
+
+def _one_or_list(convs: Iterable[nn.Conv2d]) -> nn.Module:
+    """One branch's layer itself (v1's keys "fc6.weight"), several as an ``nn.ModuleList``
+    (ASPP's "fc6.0.weight", "fc6.1.weight", ...)."""
+    convs = list(convs)
+    return convs[0] if len(convs) == 1 else nn.ModuleList(convs)
 
 
 def upsample_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -337,7 +402,8 @@ def deeplab(name: str, *, num_classes: int = 21, width: float = 1.0, msc: bool =
 
     Args:
         name: one of :data:`VARIANTS`: "DeepLab", "DeepLab-7x7", "DeepLab-4x4",
-            "DeepLab-LargeFOV".
+            "DeepLab-LargeFOV" (v1), "DeepLab-ASPP" (v2) and "DeepLab-ASPP-256" (ours: ASPP
+            at LargeFOV's cost).
         num_classes: classifier outputs (21 for PASCAL VOC).
         width: multiplies every channel count (fast mode); the topology is unchanged.
         msc: add the multi-scale head (DeepLab-MSc).

@@ -8,7 +8,8 @@ the list :data:`VGG16_CFG`, as in torchvision. :func:`load_vgg16` copies a torch
 - fc6, a ``Linear(25088, 4096)``, is reshaped to a 7x7 convolution and its taps decimated to
   the variant's kernel (:func:`decimation_taps`); its channels decimated for LargeFOV;
 - fc7 becomes a 1x1 convolution, decimated the same way on both sides;
-- fc8 is copied only when the model has ImageNet's 1000 classes; otherwise it stays new.
+- fc8 is copied only when the model has ImageNet's 1000 classes; otherwise it stays new;
+- with parallel branches (DeepLab v2's ASPP), every branch's fc6, fc7 (and fc8) starts so.
 
 :func:`vgg16_imagenet_state_dict` fetches torchvision's ``IMAGENET1K_V1`` weights once, with
 a checksum, into ``runtime.data_root() / "weights"``.
@@ -137,16 +138,18 @@ def load_vgg16(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Modu
         # fc6: Linear(512*7*7, 4096) is a 7x7 convolution on pool5 (torchvision flattens C, H, W)
         fc6 = state_dict[f"{keys['fc6']}.weight"]
         fc6 = fc6.reshape(fc6.shape[0], -1, FC6_KERNEL, FC6_KERNEL)  # (4096, 512, 7, 7)
-        taps = torch.tensor(decimation_taps(model.fc6.kernel_size[0]))
-        keep6 = channel_indices(fc6.shape[0], model.fc6.out_channels)
-        fc6 = fc6[keep6][:, keep_in][:, :, taps][:, :, :, taps]  # (C6, C5, k, k)
-        _copy(model.fc6, fc6, state_dict[f"{keys['fc6']}.bias"][keep6])
         fc7 = state_dict[f"{keys['fc7']}.weight"]  # (4096, 4096)
-        keep7 = channel_indices(fc7.shape[0], model.fc7.out_channels)
-        _copy(model.fc7, fc7[keep7][:, keep6, None, None], state_dict[f"{keys['fc7']}.bias"][keep7])
         fc8 = state_dict[f"{keys['fc8']}.weight"]
-        if model.fc8.out_channels == fc8.shape[0]:
-            _copy(model.fc8, fc8[:, keep7, None, None], state_dict[f"{keys['fc8']}.bias"])
+        for conv6, conv7, conv8 in model.heads():  # one head, or ASPP's branches alike
+            taps = torch.tensor(decimation_taps(conv6.kernel_size[0]))
+            keep6 = channel_indices(fc6.shape[0], conv6.out_channels)
+            weight6 = fc6[keep6][:, keep_in][:, :, taps][:, :, :, taps]  # (C6, C5, k, k)
+            _copy(conv6, weight6, state_dict[f"{keys['fc6']}.bias"][keep6])
+            keep7 = channel_indices(fc7.shape[0], conv7.out_channels)
+            weight7 = fc7[keep7][:, keep6, None, None]  # (C7, C6, 1, 1)
+            _copy(conv7, weight7, state_dict[f"{keys['fc7']}.bias"][keep7])
+            if conv8.out_channels == fc8.shape[0]:
+                _copy(conv8, fc8[:, keep7, None, None], state_dict[f"{keys['fc8']}.bias"])
     return model
 
 
