@@ -52,7 +52,8 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(PYTEST) tests --durations=15
 
-# the fast-mode model the chapters share, trained once as its own visible step (cached under
+# the fast-mode models the chapters share (LargeFOV, and the equal-cost ASPP of "What came next"),
+# trained once as their own visible step (cached under
 # data/runs), so that no notebook cell trains while nbval times it
 model: $(STAMP)
 	$(PY) -m deeplab_edu.runs
@@ -78,7 +79,7 @@ browser: $(STAMP)
 test: $(STAMP) $(MATHJAX)
 	@$(call timed,$(MAKE) --no-print-directory lint,lint)
 	@$(call timed,$(MAKE) --no-print-directory unit,unit tests)
-	@$(call timed,$(MAKE) --no-print-directory model,the shared fast-mode model)
+	@$(call timed,$(MAKE) --no-print-directory model,the shared fast-mode models)
 	@$(call timed,$(MAKE) --no-print-directory notebooks,all notebooks (nbval))
 	@$(call timed,$(MAKE) --no-print-directory colab,all chapters as on Colab)
 	@$(call timed,$(MAKE) --no-print-directory build,strict book build)

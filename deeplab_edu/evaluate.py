@@ -14,6 +14,7 @@ the CPU otherwise (PyTorch already spreads each filtering step over the CPU's co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -28,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from deeplab_edu import __version__, runtime
-from deeplab_edu.crf import CRFParams, dense_crf
+from deeplab_edu.crf import CRFParams, MeanFieldCRF, dense_crf
 from deeplab_edu.data.sampling import Dataset
 from deeplab_edu.data.transforms import EvalTransform, to_hwc
 from deeplab_edu.data.voc import CLASSES, NUM_CLASSES
@@ -102,6 +103,7 @@ def evaluate(
     *,
     held_out: Sequence[int] | None = None,
     keep: Collection[int] = (),
+    crf_layer: MeanFieldCRF | None = None,
     progress: bool = True,
 ) -> Evaluation:
     """Score ``model`` on ``dataset`` without and (unless ``config.crf`` is None) with the CRF.
@@ -113,6 +115,10 @@ def evaluate(
         held_out: indices of the images not used to tune the CRF, scored a second time on
             their own (``summary["held_out"]``); the paper reports on all of val.
         keep: indices of the images whose label maps to return (for figures).
+        crf_layer: a trained :class:`~deeplab_edu.crf.MeanFieldCRF` to apply instead of
+            ``dense_crf`` with ``config.crf`` (it has its own weights, compatibilities and
+            bandwidths; ``summary["config"]["crf"]`` then records its bandwidths and current
+            weights, not its compatibilities).
         progress: show a progress bar.
 
     Returns:
@@ -124,6 +130,11 @@ def evaluate(
         ValueError: for an empty data set.
     """
     config = config or EvalConfig.for_mode()
+    if crf_layer is not None:  # the summary records its bandwidths and current weights
+        w1, w2 = crf_layer.weights.tolist()
+        config = dataclasses.replace(
+            config, crf=dataclasses.replace(crf_layer.params, w1=w1, w2=w2)
+        )
     if config.max_images is not None and (
         not isinstance(config.max_images, int) or config.max_images < 1
     ):
@@ -149,7 +160,11 @@ def evaluate(
         if config.crf is not None:
             began = runtime.now(device)
             rgb = to_hwc(image)  # (H, W, 3) uint8
-            q = dense_crf(rgb, probs, config.crf)  # (C, H, W)
+            if crf_layer is None:
+                q = dense_crf(rgb, probs, config.crf)  # (C, H, W)
+            else:
+                with torch.no_grad():  # log(probs) as the scores: its softmax is probs
+                    q = crf_layer(rgb[None].to(device), probs.log()[None])[0]  # (C, H, W)
             seconds["crf"] += runtime.now(device) - began
             labels["crf"] = q.argmax(0).to(torch.uint8).cpu()
         for method, predicted in labels.items():

@@ -112,10 +112,11 @@ def cached_run(config: TrainConfig, *, progress: bool = True) -> tuple[nn.Module
     if config.mode == "full" and not is_complete(config):
         raise FileNotFoundError(
             f"full mode uses the {config.variant} network trained with the paper's recipe, "
-            f"expected complete at {folder / 'checkpoint.pt'}. Train it with the chapter "
-            "'Reproducing Table 1 on a GPU' (hours on a GPU, resumable), or run "
-            f"`python -m deeplab_edu train --full --out {folder}`; or go back to fast mode "
-            "(restart without DEEPLAB_EDU_FAST=0)."
+            f"expected complete at {folder / 'checkpoint.pt'}. Train it with "
+            f"`python -m deeplab_edu train --full --variant {config.variant} --out {folder}` "
+            "(hours on a GPU, resumable; the chapter 'Reproducing Table 1 on a GPU' does this "
+            "for DeepLab-LargeFOV), or go back to fast mode (restart without "
+            "DEEPLAB_EDU_FAST=0)."
         )
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder / ".lock"):
@@ -138,9 +139,14 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-if __name__ == "__main__":  # `python -m deeplab_edu.runs`: train (or load) the shared fast run
-    config = TrainConfig.fast()
-    state = "ready" if is_complete(config) else "training it now (a few minutes on a CPU)"
-    print(f"the shared fast-mode model, {runtime.shown_path(run_dir(config))}: {state}", flush=True)
-    cached_run(config, progress=False)
-    print("the shared fast-mode model is ready", flush=True)
+# the fast-mode runs the chapters share: LargeFOV (most chapters) and the equal-cost ASPP
+# ("What came next"); `make model` trains them before the chapters run
+SHARED_VARIANTS = (TrainConfig.variant, "DeepLab-ASPP-256")
+
+if __name__ == "__main__":  # `python -m deeplab_edu.runs`: train (or load) the shared fast runs
+    for name in SHARED_VARIANTS:
+        config = TrainConfig.fast(variant=name)
+        state = "ready" if is_complete(config) else "training it now (a few minutes on a CPU)"
+        print(f"fast-mode {name}, {runtime.shown_path(run_dir(config))}: {state}", flush=True)
+        cached_run(config, progress=False)
+    print("the shared fast-mode models are ready", flush=True)

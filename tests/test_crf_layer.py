@@ -86,6 +86,20 @@ def test_one_optimiser_step_lowers_the_loss():
     assert (layer.weights > 0).all()  # learned as logarithms: always positive
 
 
+def test_scores_are_q_before_its_softmax_and_keep_the_gradient_where_q_underflows():
+    image, logits, mask = scene(16, 19)
+    layer = MeanFieldCRF(3, w1=200.0, theta_alpha=6.0, theta_beta=20.0, iterations=5)
+    scores = layer.scores(image, logits)
+    torch.testing.assert_close(torch.softmax(scores, dim=1), layer(image, logits))
+    wrong = (mask + 1) % 3  # every pixel's label is wrong: Q of it underflows somewhere
+    q = layer(image, logits).gather(1, wrong[:, None])
+    assert (q < 1e-30).any()
+    loss = torch.nn.functional.cross_entropy(scores, wrong)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(layer.log_weights.grad).all() and layer.log_weights.grad.abs().sum() > 0
+
+
 def test_gradients_reach_the_network_scores_on_simulated_unaries():
     image, _, mask = scene(16, 19)
     probs = simulate_unaries(mask[0].numpy(), num_classes=3, stride=4, seed=2)

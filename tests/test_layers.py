@@ -26,6 +26,7 @@ LAYERS = {
     "deeplab_edu.runs": 4,
     "deeplab_edu.evaluate": 4,
     "deeplab_edu.crf_search": 4,
+    "deeplab_edu.crf_training": 4,
     "deeplab_edu.viz": 4,
     "deeplab_edu.exercises": 4,
     "deeplab_edu.cli": 5,

@@ -32,7 +32,10 @@ def test_a_gpu_runtime_runs_fast_mode_unless_full_mode_is_asked_for(monkeypatch)
 def test_full_mode_without_the_reproduction_run_stops_and_trains_nothing(monkeypatch, tmp_path):
     monkeypatch.setenv("DEEPLAB_EDU_DATA", str(tmp_path))
     monkeypatch.setattr(runs, "train", lambda *a, **k: pytest.fail("a chapter started training"))
-    with pytest.raises(FileNotFoundError, match=r"Reproducing Table 1 on a GPU.*train --full"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"train --full --variant DeepLab-LargeFOV.*Reproducing Table 1 on a GPU",
+    ):
         runs.cached_run(TrainConfig.for_mode(False))
     assert list(tmp_path.iterdir()) == []  # nothing downloaded, no run folder made
 

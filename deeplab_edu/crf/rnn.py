@@ -52,6 +52,8 @@ class MeanFieldCRF(nn.Module):
     Call ``crf(image, logits)`` with ``image`` ``(B, H, W, 3)`` uint8 and ``logits``
     ``(B, C, H, W)`` float scores; it returns Q ``(B, C, H, W)``. The unaries are
     $-\\log \\mathrm{softmax}(\\text{logits})$ clipped at ``PROB_CLIP``, as in :func:`dense_crf`.
+    For training, :meth:`scores` gives the last iteration's scores before its softmax, so that
+    a cross-entropy loss keeps its gradient where Q is nearly 0 (``log`` of a tiny Q would not).
 
     Raises:
         ValueError: for weights that are not positive, an unknown method or normalisation, and
@@ -94,6 +96,11 @@ class MeanFieldCRF(nn.Module):
 
     def forward(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, 3)`` uint8 images and ``(B, C, H, W)`` scores -> Q ``(B, C, H, W)``."""
+        return torch.softmax(self.scores(image, logits), dim=1)
+
+    def scores(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The last mean-field iteration before its softmax: ``(B, C, H, W)``, Q = their
+        softmax over C (for ``F.cross_entropy``). Same arguments and errors as the call."""
         is_tensor = isinstance(logits, torch.Tensor)
         if not is_tensor or logits.ndim != 4 or not logits.is_floating_point():
             raise ValueError(f"logits must be a float (B, C, H, W) tensor, got "
@@ -126,12 +133,13 @@ class MeanFieldCRF(nn.Module):
         # unary: $\theta_i(l) = -\log P_i(l)$, probabilities clipped as in dense_crf
         probs = torch.softmax(logits, dim=0).reshape(classes, height * width).T  # (N, C)
         unary = -torch.log(probs.clamp_min(PROB_CLIP))
-        q = torch.softmax(-unary, dim=1)
         weights = self.weights.to(logits.dtype)
         compatibility = self.compatibility.to(logits.dtype)
+        scores = -unary  # (N, C); with 0 iterations Q is the network's softmax
         for _ in range(p.iterations):
+            q = torch.softmax(scores, dim=1)
             # $m_i(l') = \sum_k w_k (\tilde K_k Q)_i(l')$
             message = weights[0] * kernels[0](q) + weights[1] * kernels[1](q)  # (N, C)
             # compatibility transform: $\sum_{l'} \mu(l, l')\, m_i(l')$
-            q = torch.softmax(-unary - message @ compatibility.T, dim=1)
-        return q.T.reshape(classes, height, width)
+            scores = -unary - message @ compatibility.T
+        return scores.T.reshape(classes, height, width)

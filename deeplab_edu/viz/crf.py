@@ -184,3 +184,31 @@ def plot_speed(pixels: Sequence[int], seconds: Mapping[str, Sequence[float]]) ->
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_compatibility(
+    matrices: Mapping[str, torch.Tensor], classes: Sequence[int], names: Sequence[str]
+) -> plt.Figure:
+    """Label compatibility matrices $\\mu(l, l')$ as annotated heat maps, one panel each.
+
+    Args:
+        matrices: title -> a ``(C, C)`` compatibility matrix (row: the label being scored).
+        classes: which labels to show (e.g. the ones present in the data).
+        names: their names, in the order of ``classes``.
+    """
+    keep = list(classes)
+    shown = {title: to_numpy(m.detach())[np.ix_(keep, keep)] for title, m in matrices.items()}
+    bound = max(float(np.abs(m).max()) for m in shown.values())
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown) + 0.8, 3.4), squeeze=False,
+                             layout="constrained")  # fmt: skip
+    for ax, (title, values) in zip(axes[0], shown.items(), strict=True):
+        image = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound)
+        for (row, col), value in np.ndenumerate(values):
+            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(keep)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(keep)), names, fontsize=8)
+        ax.set_xlabel("neighbour's label l'", fontsize=8)
+        ax.set_title(title, fontsize=9)
+    axes[0][0].set_ylabel("label l", fontsize=8)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="penalty mu(l, l')")
+    return fig

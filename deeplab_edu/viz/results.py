@@ -49,7 +49,10 @@ def plot_trimap(summary: dict) -> plt.Figure:
         ax.set_xlabel("trimap band width (pixels)")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    axes[1].legend()
+    if len(summary["trimap"]) > 2:  # many curves: the legend beside the panels, not on them
+        axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    else:
+        axes[1].legend()
     fig.tight_layout()
     return fig
 
