@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deeplab_edu.crf import MeanFieldCRF, dense_crf, simulate_unaries
+from deeplab_edu.crf import CRFParams, MeanFieldCRF, dense_crf, simulate_unaries
 
 
 def scene(height: int = 14, width: int = 17, classes: int = 3, seed: int = 0):
@@ -34,6 +34,18 @@ def test_forward_at_potts_initialisation_is_dense_crf(normalization):
         with torch.no_grad():
             got = layer(image, logits)[0]
         assert torch.allclose(got, expected, atol=1e-5), method
+
+
+def test_from_params_starts_at_the_crf_of_those_parameters():
+    params = CRFParams(w1=7.0, theta_alpha=9.0, theta_beta=11.0, w2=2.0, theta_gamma=2.0,
+                       iterations=3, normalization="symmetric")  # fmt: skip
+    layer = MeanFieldCRF.from_params(3, params)
+    assert layer.params == params and layer.method == "permutohedral"
+    torch.testing.assert_close(layer.weights, torch.tensor([7.0, 2.0]))
+    image, logits, _ = scene(20, 23)
+    expected = dense_crf(image[0], torch.softmax(logits[0], dim=0), params)
+    with torch.no_grad():
+        assert torch.allclose(layer(image, logits)[0], expected, atol=1e-5)
 
 
 def test_gradients_match_finite_differences_in_float64():

@@ -89,6 +89,17 @@ class MeanFieldCRF(nn.Module):
         self.log_weights = nn.Parameter(torch.tensor([math.log(w1), math.log(w2)]))
         self.compatibility = nn.Parameter(1.0 - torch.eye(num_classes))  # Potts
 
+    @classmethod
+    def from_params(
+        cls, num_classes: int, params: CRFParams, *, method: str = "permutohedral"
+    ) -> MeanFieldCRF:
+        """The layer of a :class:`CRFParams` (e.g. a grid search's best): its weights as the
+        starting weights, its bandwidths, iterations and normalisation; Potts compatibility."""
+        return cls(num_classes, w1=params.w1, theta_alpha=params.theta_alpha,
+                   theta_beta=params.theta_beta, w2=params.w2, theta_gamma=params.theta_gamma,
+                   iterations=params.iterations, normalization=params.normalization,
+                   method=method)  # fmt: skip
+
     @property
     def weights(self) -> torch.Tensor:
         """$(w_1, w_2)$, positive."""
