@@ -33,6 +33,26 @@ against 14 ms for PyTorch's own. Still open: one thread stays 1.1-1.2x pydensecr
 iteration at 0.19 MP: sparse splat + slice 21 ms, blur 16 ms, softmax 8 ms, against about
 50 ms for pydensecrf's whole iteration).
 
+Third round, one thread at 0.19 MP (where ours is slowest against pydensecrf): a profile run
+took 0.90 s against pydensecrf's 0.74 s: the appearance lattice's build about 0.14-0.19 s (the
+simplex step 46 ms, the six neighbour look-ups 26 ms, the sort 17 ms, the inverse permutation
+10 ms), the smoothness build 0.05 s, the message set-up 0.06 s, then per iteration a message of
+48 ms (splat 15, blur 22, slice 13) and the softmax 8 ms. Done: the inverse permutation by
+``scatter_`` instead of ``index_put_`` (10.4 -> 2.9 ms), the look-ups masked in place; results
+unchanged. Measured and not adopted (blur of the appearance lattice, 96k vertices x 21 labels,
+15 ms in float32):
+- float16 vertex values: 7.7 ms, but a relative error of 1e-3 where float32 agrees with
+  pydensecrf to round-off; bfloat16: 8.9 ms, 7e-3;
+- ``torch.compile`` (inductor's C++ on the CPU, dynamic shapes) of the blur: 13 ms, after 21 s
+  of compilation: it pays back after about 1000 images (2 ms x 10 iterations each), so never
+  for one image and barely for VOC val, and it needs a C++ compiler at run time;
+- gathers into preallocated buffers (``index_select(out=)``): no gain, the allocator already
+  reuses the blocks; 32-bit neighbour indices: within the noise.
+What keeps one thread above 1.0: each blur direction is four passes over the vertex values
+(two gathers, two additions) where the C++ loop makes one, and only a compiler fuses them.
+Quiet-machine ratios vary from run to run on this shared host: this round measured 0.61-0.84
+on 2 threads and 1.22 on one thread.
+
 Earlier rounds (from about 2.4 s to 0.41 s at 0.19 MP):
 - splat and slice as sparse matrix products instead of scattered index additions: ~4x there;
 - both kernels folded into one splat and one slice;

@@ -55,9 +55,11 @@ def _digest(value: Any, digest: Any = None) -> str:
         for item in value:
             _digest(item, digest)
     elif isinstance(value, torch.Tensor):
-        tensor = value.detach().cpu().contiguous()
+        tensor = value.detach().cpu()
         digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        # the elements in index order, whatever the memory format (channels-last weights too)
+        flat = tensor.contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     else:
         digest.update(repr(value).encode())
     return digest.hexdigest()

@@ -41,9 +41,8 @@ from deeplab_edu import runtime
 from deeplab_edu.crf import dense_crf
 from deeplab_edu.crf.kernels import NORMALIZATIONS, CRFParams
 from deeplab_edu.data.sampling import Dataset
-from deeplab_edu.data.transforms import to_hwc
 from deeplab_edu.data.voc import NUM_CLASSES
-from deeplab_edu.evaluate import predict_probs, write_results
+from deeplab_edu.evaluate import network_outputs, write_results
 from deeplab_edu.metrics import ConfusionMatrix
 
 
@@ -228,12 +227,9 @@ def search(
             raise ValueError(f"{state_path} holds a search with another configuration")
         state["trials"] = saved["trials"]
     done = {(t["w1"], t["theta_alpha"], t["theta_beta"]): t for t in state["trials"]}
-    cache = []  # (uint8 image (H, W, 3), probs (C, H, W) float16 on the CPU, target (H, W))
-    model.eval()
-    for index in images:
-        image, target = dataset[index]
-        probs = predict_probs(model, image, pad_to=config.pad_to, device=device)
-        cache.append((to_hwc(image), probs.half().cpu(), target))
+    # the network runs once per image; every trial reuses its probabilities (float16, CPU)
+    outputs = network_outputs(model, dataset, images, pad_to=config.pad_to)
+    cache = [(image, probs.half().cpu(), target) for image, probs, target in outputs]
     baseline = ConfusionMatrix(NUM_CLASSES)
     for _, probs, target in cache:
         baseline.update(probs.float().argmax(0), target)

@@ -32,7 +32,7 @@ from deeplab_edu.crf.rnn import MeanFieldCRF
 from deeplab_edu.data.sampling import Dataset, derived_seed
 from deeplab_edu.data.transforms import EvalTransform, to_hwc
 from deeplab_edu.data.voc import IGNORE_INDEX
-from deeplab_edu.evaluate import predict_probs
+from deeplab_edu.evaluate import network_outputs
 from deeplab_edu.models.deeplab import upsample_scores
 
 Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (H, W, 3) uint8, (C, H, W), (H, W)
@@ -90,14 +90,10 @@ def network_samples(
     model: nn.Module, dataset: Dataset, *, pad_to: int | None = None
 ) -> list[Sample]:
     """Run the (fixed) network once per image: ``(image (H, W, 3) uint8, log-probabilities
-    (C, H, W), target (H, W))`` on the network's device, for :func:`fit_crf`."""
+    (C, H, W), target (H, W))``, all on the network's device, for :func:`fit_crf`."""
     device = next(model.parameters()).device
-    model.eval()
-    out = []
-    for image, target in dataset:
-        probs = predict_probs(model, image, pad_to=pad_to, device=device)  # (C, H, W)
-        out.append((to_hwc(image).to(device), probs.log(), target.to(device)))
-    return out
+    outputs = network_outputs(model, dataset, pad_to=pad_to)
+    return [(image.to(device), probs.log(), target.to(device)) for image, probs, target in outputs]
 
 
 def fit_crf(

@@ -19,7 +19,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -94,6 +94,23 @@ def predict_probs(
     with torch.no_grad():
         scores = model.predict(x[None].to(device))  # (1, C, H', W')
     return torch.softmax(scores[0, :, :height, :width], dim=0)  # (C, H, W)
+
+
+def network_outputs(
+    model: nn.Module, dataset: Dataset, indices: Iterable[int] | None = None, *,
+    pad_to: int | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """Run the fixed network once on each image of ``dataset`` (or those at ``indices``), for
+    the CRF's search and training, which then reuse the outputs.
+
+    Yields:
+        ``(image (H, W, 3) uint8, probs (C, H, W) on the network's device, target (H, W))``.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    for index in range(len(dataset)) if indices is None else indices:
+        image, target = dataset[index]
+        yield to_hwc(image), predict_probs(model, image, pad_to=pad_to, device=device), target
 
 
 def evaluate(

@@ -164,6 +164,19 @@ def test_training_is_deterministic_and_resumes_exactly(toy_train, tmp_path):
         train(tiny(lr=0.5), tmp_path / "c", resume=True, dataset=toy_train, progress=False)
 
 
+def test_a_checkpoint_digest_hashes_values_not_memory_layout(tmp_path):
+    # channels-last weights (a user's choice for speed): 1x1 kernels in that layout have a last
+    # stride > 1 although PyTorch calls them contiguous, which a byte view of them refuses
+    state = build_model(tiny()).to(memory_format=torch.channels_last).state_dict()
+    assert any(v.ndim == 4 and v.stride(-1) != 1 and v.is_contiguous() for v in state.values())
+    save_checkpoint({"model": state}, tmp_path / "channels_last.pt")
+    default = {k: v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}
+    assert all(v.stride(-1) == 1 for v in default.values() if v.ndim)
+    save_checkpoint({"model": default}, tmp_path / "default.pt")
+    digests = [load_checkpoint(tmp_path / f)["sha256"] for f in ("channels_last.pt", "default.pt")]
+    assert digests[0] == digests[1]  # the same values, laid out differently
+
+
 def test_a_killed_save_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint({"iteration": 2, "weights": torch.arange(4.0)}, path)

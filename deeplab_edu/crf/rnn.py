@@ -35,6 +35,7 @@ from deeplab_edu.crf.naive import NaiveFilter
 from deeplab_edu.crf.permutohedral import PermutohedralLattice
 
 LAYER_METHODS = ("permutohedral", "naive")
+_LARGEFOV = CRFParams()  # the layer's default starting point
 
 
 class MeanFieldCRF(nn.Module):
@@ -43,8 +44,9 @@ class MeanFieldCRF(nn.Module):
     Args:
         num_classes: C, the number of labels.
         w1, theta_alpha, theta_beta, w2, theta_gamma: the starting weights and the fixed
-            bandwidths (default: DeepLab-LargeFOV's, as :class:`CRFParams`); weights must be > 0.
-        iterations: T, the mean-field iterations unrolled (default 10, the paper's).
+            bandwidths (default: :class:`CRFParams`' defaults, DeepLab-LargeFOV's); weights
+            must be > 0.
+        iterations: T, the mean-field iterations unrolled (default: the paper's 10).
         normalization: the kernel normalisation, "after" (default), "symmetric" or "none".
         method: ``"permutohedral"`` (float32) or ``"naive"`` (exact; small images, any float
             dtype, for gradient checks).
@@ -64,13 +66,13 @@ class MeanFieldCRF(nn.Module):
         self,
         num_classes: int,
         *,
-        w1: float = 4.0,
-        theta_alpha: float = 121.0,
-        theta_beta: float = 5.0,
-        w2: float = 3.0,
-        theta_gamma: float = 3.0,
-        iterations: int = 10,
-        normalization: str = "after",
+        w1: float = _LARGEFOV.w1,
+        theta_alpha: float = _LARGEFOV.theta_alpha,
+        theta_beta: float = _LARGEFOV.theta_beta,
+        w2: float = _LARGEFOV.w2,
+        theta_gamma: float = _LARGEFOV.theta_gamma,
+        iterations: int = _LARGEFOV.iterations,
+        normalization: str = _LARGEFOV.normalization,
         method: str = "permutohedral",
     ) -> None:
         super().__init__()
