@@ -7,8 +7,11 @@ Run: ``.venv/bin/python benchmarks/bench_crf.py`` (``--runs 5`` for more repetit
    of ``--runs`` runs of ours (PyTorch's threads, 2 here) and of pydensecrf (C++, one thread),
    interleaved in this one process; their ratio, the time growth for 4x the pixels, and the
    label agreement. At 0.19 MP also ours on one thread, core for core. On a GPU, ours on CUDA.
-2. Where our time goes: lattice sizes, build time, time per filtering.
-3. The exact (naive) method at 64x64 and 128x128: time and kernel memory.
+2. A val set at 0.19 MP (the two photos, four times each): images/s as ``evaluate`` runs the CRF
+   (one image at a time on PyTorch's threads) and in a pool of one-thread processes, one per
+   core, to decide whether evaluation should use a pool.
+3. Where our time goes: lattice sizes, build time, time per filtering.
+4. The exact (naive) method at 64x64 and 128x128: time and kernel memory.
 
 Goals (printed beside each ratio): <= 0.7x pydensecrf at every size on 2 threads (stretch 0.5x
 at 0.19 MP), <= 1.0x on one thread, growth <= 4.5x for 4x the pixels, agreement >= 99.5%.
@@ -50,8 +53,11 @@ unchanged. Measured and not adopted (blur of the appearance lattice, 96k vertice
   reuses the blocks; 32-bit neighbour indices: within the noise.
 What keeps one thread above 1.0: each blur direction is four passes over the vertex values
 (two gathers, two additions) where the C++ loop makes one, and only a compiler fuses them.
-Quiet-machine ratios vary from run to run on this shared host: this round measured 0.61-0.84
-on 2 threads and 1.22 on one thread.
+Ratios vary from run to run on this shared host: this round, medians of 5 on an idle machine,
+0.61-0.72 on 2 threads (goal 0.7), 1.23-1.38 on one thread, growth 4.0-4.9x, agreement 100%.
+A val set at 0.19 MP ran at 2.0 images/s both ways, in 2 one-thread processes (0.99-1.00x) and
+on 2 threads as ``evaluate`` runs (about 12 min for VOC val): PyTorch's threads already use
+the cores, so evaluation gets no process pool.
 
 Earlier rounds (from about 2.4 s to 0.41 s at 0.19 MP):
 - splat and slice as sparse matrix products instead of scattered index additions: ~4x there;
@@ -129,6 +135,12 @@ def resized(image: np.ndarray, mask: np.ndarray, scale: float) -> tuple[np.ndarr
     labels = torch.as_tensor(np.asarray(mask))[None, None].float()
     labels = F.interpolate(labels, size=(height, width), mode="nearest")[0, 0].long()
     return picture.numpy(), simulate_unaries(labels, 21, seed=0)
+
+
+def crf_labels(item: tuple[np.ndarray, torch.Tensor]) -> torch.Tensor:
+    """The CRF's labels for one (image, probabilities) pair (a pool worker's task)."""
+    image, probs = item
+    return dense_crf(image, probs).argmax(0).to(torch.uint8)
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:
@@ -216,11 +228,29 @@ def main() -> None:
     else:
         print("no CUDA device: the GPU measurement is skipped")
 
+    # -- 2. a val set at 0.19 MP: PyTorch's threads (as evaluate runs) or a pool of processes --
+    images = [resized(photo, mask, 1.0) for _, photo, mask in scenes()] * 4  # 8 VOC-sized
+    began = time.perf_counter()
+    for image, probs in images:
+        dense_crf(image, probs)
+    threaded = len(images) / (time.perf_counter() - began)
+    context = torch.multiprocessing.get_context("spawn")  # fork is unsafe once OpenMP has run
+    with context.Pool(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        pool.map(crf_labels, images[:threads])  # the workers' start-up is not counted
+        began = time.perf_counter()
+        pool.map(crf_labels, images, chunksize=1)
+        pooled = len(images) / (time.perf_counter() - began)
+    print(
+        f"\nval set at 0.19 MP ({len(images)} images): {threaded:.2f} images/s on {threads} "
+        f"threads (as evaluate runs), {pooled:.2f} images/s in {threads} one-thread processes "
+        f"({pooled / threaded:.2f}x); VOC val's 1449 images: {1449 / threaded / 60:.0f} min"
+    )
+
     name, photo, mask = scenes()[0]  # the next part at 0.19 MP
     image, probs = resized(photo, mask, 1.0)
     h, w = image.shape[:2]
 
-    # -- 2. where the time goes (one thread, for steadier numbers) ------------------------------
+    # -- 3. where the time goes (one thread, for steadier numbers) ------------------------------
     torch.set_num_threads(1)
     image_t = torch.from_numpy(image)
     lattices = []
@@ -241,7 +271,7 @@ def main() -> None:
     print(f"per iteration: message of both kernels for 21 labels {per_message:.3f} s (one sparse "
           f"splat, 9 blurs, one sparse slice) + softmax {per_softmax:.3f} s")  # fmt: skip
 
-    # -- 3. the exact method -----------------------------------------------------------------
+    # -- 4. the exact method -----------------------------------------------------------------
     if args.skip_naive:
         return
     for size in (64, 128):
