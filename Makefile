@@ -6,15 +6,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MATHJAX := .cache/static/mathjax/tex-chtml.js
-# the chapters in table-of-contents order (the order a reader meets them)
-NOTEBOOKS := $(foreach f,$(shell sed -n 's/^ *- file: //p' _toc.yml),$(wildcard $(f).ipynb))
+# every chapter is executed once per run (tools/chapters.py), into EXECUTED; the checks and the
+# website are derived from those executed notebooks
+EXECUTED := _build/executed
+SITE := _build/site
 # pytest's cache would land in the book root and break the strict build: never write it
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 export PYTHONDONTWRITEBYTECODE := 1
 # every stage prints how long it took
 timed = start=$$(date +%s); $(1); echo "[time] $(2): $$(( $$(date +%s) - start ))s"
 
-.PHONY: book test lint unit model notebooks colab build browser execute bench student clean env
+.PHONY: book test lint unit slow slow-beside-chapters model chapters check build browser execute bench student clean env
 
 env: $(STAMP)
 
@@ -41,35 +43,54 @@ $(MATHJAX):
 	cd .cache/mathjax/node_modules/mathjax/es5 && cp -r tex-chtml.js input output ui a11y sre adaptors \
 	  $(CURDIR)/.cache/static/mathjax/
 
-book: $(STAMP) $(MATHJAX)
-	$(VENV)/bin/jupyter-book build . --keep-going
+# the website from the chapters executed once (fast mode on this machine), execution off
+book: $(STAMP) $(MATHJAX) chapters
+	$(PY) -m tools.chapters stage $(EXECUTED) $(SITE)
+	$(VENV)/bin/jupyter-book build $(SITE) --path-output . --keep-going
 	@echo "Open file://$(CURDIR)/_build/html/index.html"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check deeplab_edu tests tools benchmarks book
 	$(VENV)/bin/ruff format --check deeplab_edu tests tools benchmarks book/_ext
 
+# the fast tier (under a minute idle); `make slow` runs the rest, `make test` both
 unit: $(STAMP)
-	$(PYTEST) tests --durations=15
+	$(PYTEST) tests -m "not slow" --durations=10
 
-# the fast-mode models the chapters share (LargeFOV, and the equal-cost ASPP of "What came next"),
-# trained once as their own visible step (cached under
-# data/runs), so that no notebook cell trains while nbval times it
+slow: $(STAMP)
+	$(PYTEST) tests -m slow --durations=10
+
+# train the shipped fast-mode networks anew (deeplab_edu/trained): after any change to training,
+# the teaching set or the networks (the fast tier fails until then, naming this command). One
+# PyTorch thread, as the chapters run, so that the training chapter's own run is the shipped
+# one to the last bit on a machine like CI's
 model: $(STAMP)
-	$(PY) -m deeplab_edu.runs
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m deeplab_edu.runs --refresh
 
-notebooks: $(STAMP) model
-	@for nb in $(NOTEBOOKS); do \
-	  $(call timed,$(PYTEST) --nbval-lax --nbval-cell-timeout=3600 -q $$nb,notebook $$nb); \
-	done
+# every chapter executed once as a Colab reader runs it (the package from a wheel, an empty
+# folder, ./data, fast mode), saved into $(EXECUTED)
+chapters: $(STAMP)
+	$(PY) -m tools.chapters execute $(EXECUTED)
 
-# every chapter as a Colab reader runs it: the package from a wheel, an empty folder, fast mode
-colab: $(STAMP)
-	$(PY) -m tools.colab_check
+# the slow tier (one PyTorch thread) beside the chapters (two at a time, one thread each): three
+# single-threaded processes keep two cores busy; the slow tier's report follows the chapters'
+slow-beside-chapters: $(STAMP)
+	@mkdir -p _build
+	@OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) --no-print-directory slow > _build/slow.log 2>&1 & \
+	slow=$$!; status=0; \
+	$(MAKE) --no-print-directory chapters || status=1; \
+	wait $$slow || status=1; cat _build/slow.log; exit $$status
 
+# the executed chapters against the committed outputs (# NBVAL_CHECK_OUTPUT cells, nbval's
+# semantics), and the student edition's names
+check: $(STAMP)
+	$(PY) -m tools.chapters check $(EXECUTED)
+
+# the strict build of the executed chapters (execution off: the site shows what was checked)
 build: $(STAMP) $(MATHJAX)
+	$(PY) -m tools.chapters stage $(EXECUTED) $(SITE)
 	rm -rf _build/html
-	$(VENV)/bin/jupyter-book build . -W --keep-going
+	$(VENV)/bin/jupyter-book build $(SITE) --path-output . -W --keep-going
 
 browser: $(STAMP)
 	$(PY) -m tools.browser_check _build/html
@@ -78,18 +99,15 @@ browser: $(STAMP)
 # build and the browser check's own tests (fixture pages with equations) need it
 test: $(STAMP) $(MATHJAX)
 	@$(call timed,$(MAKE) --no-print-directory lint,lint)
-	@$(call timed,$(MAKE) --no-print-directory unit,unit tests)
-	@$(call timed,$(MAKE) --no-print-directory model,the shared fast-mode models)
-	@$(call timed,$(MAKE) --no-print-directory notebooks,all notebooks (nbval))
-	@$(call timed,$(MAKE) --no-print-directory colab,all chapters as on Colab)
+	@$(call timed,$(MAKE) --no-print-directory unit,unit tests (fast tier))
+	@$(call timed,$(MAKE) --no-print-directory slow-beside-chapters,slow tier and chapters)
+	@$(call timed,$(MAKE) --no-print-directory check,checked outputs and student edition)
 	@$(call timed,$(MAKE) --no-print-directory build,strict book build)
 	@$(call timed,$(MAKE) --no-print-directory browser,browser check)
 
-# re-run every chapter in place (fast mode) so that the committed outputs are fresh
-execute: $(STAMP)
-	@for nb in $(NOTEBOOKS); do \
-	  $(call timed,DEEPLAB_EDU_FAST=1 $(VENV)/bin/jupyter execute --inplace --timeout=3600 $$nb,execute $$nb); \
-	done
+# re-run every chapter (fast mode, as on Colab) and write its outputs into book/
+execute: $(STAMP) chapters
+	$(PY) -m tools.chapters write-back $(EXECUTED)
 
 # the student edition (_build/student: no solution cells) and the instructor's copy
 student: $(STAMP)

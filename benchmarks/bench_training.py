@@ -26,7 +26,7 @@ Measured on this project's 2-core machine (oneDNN on, the default): LargeFOV 174
 0.94 of the matrix-multiply speed, 1.02x VGG-16 features + 1x1 and 1.04x DeepLabV3-ResNet50,
 whose step takes 1.37x LargeFOV's. oneDNN off: 0.56x. Channels-last: 1.13x at width 1.0 and
 1.57x at the fast mode's width 0.125, crop 97, batch 10 (``--width 0.125 --crop 97 --batch
-10``). A whole fast-mode run in channels-last (``make model``) took 127 s instead of 168 s for
+10``). A whole fast-mode LargeFOV run (two threads) in channels-last took 127 s instead of 168 s for
 LargeFOV and 150 s instead of 177 s for ASPP-256. Not adopted: the layout changes the trained
 weights by float round-off, and with them the book's fast-mode story. Trained that way, LargeFOV
 scored 75.8% on val instead of 76.5%, and its CRF search stopped on the edge of its grid at

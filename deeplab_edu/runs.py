@@ -1,9 +1,14 @@
-"""Trained runs on disk: loading a checkpoint into a network, and the run the chapters share.
+"""Trained runs on disk: loading a checkpoint into a network, and the runs the chapters share.
 
-Fast mode: the run lives in ``runtime.data_root() / "runs" / "<variant>-<key>"``, where ``key``
-is a hash of the training configuration (and of the data set's split list). The first chapter
-that needs the model trains it (minutes on a CPU); every later chapter, and every later build,
-loads it. An interrupted training resumes where its last checkpoint left it.
+Fast mode: a run lives in ``runtime.data_root() / "runs" / "<variant>-<key>"``, where ``key``
+is a hash of the training configuration (and of the data set's split list). The two networks
+the chapters share (:data:`SHARED_VARIANTS`) **ship with the package** (``deeplab_edu/trained``:
+weights, configuration, run key, training log and SHA-256), so the first chapter that needs one
+copies it into its run folder in about a second instead of training for minutes. Any other
+fast-mode configuration is trained the first time it is asked for (minutes on a CPU) and loaded
+afterwards; an interrupted training resumes where its last checkpoint left it. The training
+chapter trains its own LargeFOV and compares it with the shipped one; ``tests/test_shipped.py``
+re-trains ASPP-256; ``python -m deeplab_edu.runs --refresh`` (``make model``) makes both anew.
 
 Full mode: the run lives in ``runtime.data_root() / "runs" / "<variant>-full"`` and is made by
 the reproduction chapter (or ``python -m deeplab_edu train --full --out`` that folder). A
@@ -13,9 +18,14 @@ says how to make it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
+import platform
+import shutil
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +33,11 @@ import torch
 from torch import nn
 
 from deeplab_edu import runtime
-from deeplab_edu.checkpoint import FORMAT_VERSION, load_checkpoint
+from deeplab_edu.checkpoint import FORMAT_VERSION, METRICS_LOG, load_checkpoint, save_checkpoint
 from deeplab_edu.data import voc_dir
+from deeplab_edu.data.voc import VOCSegmentation
+from deeplab_edu.evaluate import EvalConfig, evaluate
+from deeplab_edu.fetch import atomic_write, file_digest
 from deeplab_edu.models import deeplab
 from deeplab_edu.train import TrainConfig, train
 
@@ -98,8 +111,9 @@ def is_complete(config: TrainConfig) -> bool:
 
 
 def cached_run(config: TrainConfig, *, progress: bool = True) -> tuple[nn.Module, Path]:
-    """The trained network of ``config``: loaded if its run is complete; in fast mode trained
-    (or resumed) now, concurrent callers waiting for each other (a lock file).
+    """The trained network of ``config``: loaded if its run is complete; in fast mode copied
+    from the package when it ships this very run (:func:`install_shipped`), else trained (or
+    resumed) now, concurrent callers waiting for each other (a lock file).
 
     Returns:
         ``(model in eval mode on runtime.device(), run folder)``.
@@ -120,7 +134,7 @@ def cached_run(config: TrainConfig, *, progress: bool = True) -> tuple[nn.Module
         )
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder / ".lock"):
-        if not is_complete(config):
+        if not is_complete(config) and not install_shipped(config, folder):
             train(config, folder, resume=True, progress=progress)
     model, _ = load_trained(folder / "checkpoint.pt", variant=config.variant)
     return model, folder
@@ -140,13 +154,152 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 # the fast-mode runs the chapters share: LargeFOV (most chapters) and the equal-cost ASPP
-# ("What came next"); `make model` trains them before the chapters run
+# ("What came next"); both ship with the package, in SHIPPED_DIR
 SHARED_VARIANTS = (TrainConfig.variant, "DeepLab-ASPP-256")
+SHIPPED_DIR = Path(__file__).resolve().parent / "trained"
+# How far a re-training of a shipped network may land from its shipped val mean IoU (without
+# the CRF). The thread count, the CPU and the GPU change float round-off, which training
+# amplifies: measured with 1 and 2 threads on one machine, LargeFOV moved by 1.6 points (77.9%
+# and 76.3%) and ASPP-256 by 0.2 (74.6% and 74.4%); channels-last weights moved LargeFOV by 0.7.
+# A change that costs the network 3 points or more is caught.
+MIOU_TOLERANCE = 0.03
+REFRESH = "make model (python -m deeplab_edu.runs --refresh), then commit deeplab_edu/trained"
 
-if __name__ == "__main__":  # `python -m deeplab_edu.runs`: train (or load) the shared fast runs
-    for name in SHARED_VARIANTS:
-        config = TrainConfig.fast(variant=name)
-        state = "ready" if is_complete(config) else "training it now (a few minutes on a CPU)"
-        print(f"fast-mode {name}, {runtime.shown_path(run_dir(config))}: {state}", flush=True)
-        cached_run(config, progress=False)
-    print("the shared fast-mode models are ready", flush=True)
+
+def shipped_info(variant: str) -> dict | None:
+    """What the package ships for ``variant``: its ``<variant>.json`` (run key, configuration,
+    SHA-256 of the weights and of the log, val mean IoU, how it was trained), or None."""
+    path = SHIPPED_DIR / f"{variant}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def shipped_mismatch(config: TrainConfig) -> str | None:
+    """Why the package's run of ``config.variant`` is not the run of ``config``, or None if it is.
+
+    The run key covers every training value and the training split's list; a configuration
+    changed in the code without refreshing the shipped files is named here, with how to
+    refresh them.
+    """
+    info = shipped_info(config.variant)
+    if info is None:
+        return f"the package ships no fast-mode {config.variant} ({SHIPPED_DIR} has no json)"
+    if info["run_key"] == run_key(config):
+        return None
+    changed = {
+        k: (v, info["config"].get(k)) for k, v in config.to_dict().items()
+        if info["config"].get(k) != v
+    }  # fmt: skip
+    what = f"values (asked, shipped): {changed}" if changed else "the training split's list"
+    return (
+        f"the shipped {config.variant} was trained with another configuration: run key "
+        f"{info['run_key']}, asked {run_key(config)}; {what}. Refresh it: {REFRESH}"
+    )
+
+
+def install_shipped(config: TrainConfig, folder: Path) -> bool:
+    """Copy the shipped run of ``config`` into ``folder`` (checkpoint, log, configuration).
+
+    Returns:
+        True if the package ships exactly this run (same run key) and it was copied; False
+        otherwise (the caller then trains it).
+
+    Raises:
+        ValueError: if a shipped file does not match its SHA-256 (a damaged install).
+    """
+    if config.mode != "fast" or shipped_mismatch(config) is not None:
+        return False
+    info = shipped_info(config.variant)
+    for name, digest in ((info["checkpoint"], info["sha256"]),
+                         (info["metrics"], info["metrics_sha256"])):  # fmt: skip
+        if file_digest(SHIPPED_DIR / name, "sha256") != digest:
+            raise ValueError(
+                f"{SHIPPED_DIR / name} does not match its SHA-256 in {config.variant}.json: the "
+                "installed package is damaged; reinstall deeplab-edu"
+            )
+    for source, target in ((info["metrics"], METRICS_LOG), (info["checkpoint"], "checkpoint.pt")):
+        with atomic_write(folder / target) as handle:  # the checkpoint last: it marks completion
+            handle.write((SHIPPED_DIR / source).read_bytes())
+    with atomic_write(folder / "config.json", "w") as handle:
+        handle.write(json.dumps(info["config"], indent=2) + "\n")
+    return True
+
+
+def val_miou(model: nn.Module, config: TrainConfig) -> float:
+    """Mean IoU of ``model`` on the val split of ``config.dataset``, without the CRF."""
+    val_set = VOCSegmentation(voc_dir(config.dataset), "val")
+    summary = evaluate(model, val_set, EvalConfig.for_mode(crf=None), progress=False).summary
+    return float(summary["miou"]["dcnn"])
+
+
+def train_fresh(
+    config: TrainConfig, folder: Path, *, progress: bool = False
+) -> tuple[nn.Module, float]:
+    """Train ``config`` from scratch into the empty ``folder``; return the network (on the CPU)
+    and its val mean IoU without the CRF (:func:`val_miou`)."""
+    model = train(config, folder, progress=progress).cpu()
+    return model, val_miou(model, config)
+
+
+def refresh(variants: tuple[str, ...] = SHARED_VARIANTS) -> None:
+    """Train the shipped runs anew (fast mode) and write them into :data:`SHIPPED_DIR`.
+
+    Run it after any change to training, the teaching set or the networks (``make model``); the
+    fast tests fail until it has been run, naming this command.
+    """
+    SHIPPED_DIR.mkdir(exist_ok=True)
+    runtime.data_root().mkdir(parents=True, exist_ok=True)
+    for variant in variants:
+        config = TrainConfig.fast(variant=variant)
+        print(f"training fast-mode {variant} from scratch (a few minutes on a CPU)", flush=True)
+        with tempfile.TemporaryDirectory(dir=runtime.data_root()) as scratch:
+            folder = Path(scratch)
+            model, miou = train_fresh(config, folder)
+            records = json.loads((folder / METRICS_LOG).read_text().splitlines()[-1])
+            checkpoint = save_checkpoint(
+                {"iteration": config.iterations, "config": config.to_dict(),
+                 "model": model.state_dict()},  # no optimiser state: nothing resumes it
+                folder / "shipped.pt",
+            )  # fmt: skip
+            info = {
+                "variant": variant,
+                "run_key": run_key(config),
+                "config": config.to_dict(),
+                "checkpoint": f"{variant}.pt",
+                "sha256": file_digest(checkpoint, "sha256"),
+                "metrics": f"{variant}.{METRICS_LOG}",
+                "metrics_sha256": file_digest(folder / METRICS_LOG, "sha256"),
+                "val_miou": round(miou, 6),
+                "trained_with": {
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "device": str(runtime.device()), "machine": platform.machine(),
+                    "seconds": records["seconds"],
+                },
+            }  # fmt: skip
+            shutil.copyfile(folder / METRICS_LOG, SHIPPED_DIR / info["metrics"])
+            shutil.copyfile(checkpoint, SHIPPED_DIR / info["checkpoint"])
+        with atomic_write(SHIPPED_DIR / f"{variant}.json", "w") as handle:
+            handle.write(json.dumps(info, indent=2) + "\n")
+        print(f"  val mean IoU {100 * miou:.1f}% in {records['seconds']:.0f} s; written to "
+              f"{SHIPPED_DIR / info['checkpoint']}", flush=True)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m deeplab_edu.runs [--refresh]``: say whether the shipped runs are current, or
+    train them anew."""
+    parser = argparse.ArgumentParser(prog="python -m deeplab_edu.runs", description=main.__doc__)
+    parser.add_argument("--refresh", action="store_true",
+                        help="train the shipped networks anew and write them")  # fmt: skip
+    if parser.parse_args(argv).refresh:
+        refresh()
+        return 0
+    stale = [shipped_mismatch(TrainConfig.fast(variant=name)) for name in SHARED_VARIANTS]
+    for message in filter(None, stale):
+        print(message)
+    if any(stale):
+        return 1
+    print("the shipped fast-mode networks are current")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -323,10 +323,11 @@ def _resume(
     device: torch.device,
 ) -> int:  # fmt: skip
     """Load weights and optimiser state of the checkpoint at ``path``; return its iteration.
+    A finished run may be stored without optimiser state (the shipped networks are).
 
     Raises:
         ValueError: if the checkpoint was trained with another configuration (naming the
-            differences).
+            differences), or holds no optimiser state before its last iteration.
     """
     state = load_checkpoint(path, map_location=device)
     wanted = config.to_dict()
@@ -340,8 +341,15 @@ def _resume(
             "with the same values, or train into another folder"
         )
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["iteration"])
+    iteration = int(state["iteration"])
+    if "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+    elif iteration < config.iterations:  # a finished run's weights (shipped) need none
+        raise ValueError(
+            f"{path} holds weights only (no optimiser state) at iteration {iteration} of "
+            f"{config.iterations}: it cannot be resumed; train into another folder"
+        )
+    return iteration
 
 
 def _check_finite(model: nn.Module, loss: float, iteration: int, config: TrainConfig) -> None:

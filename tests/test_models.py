@@ -119,6 +119,7 @@ def test_width_scales_every_channel_but_the_classes():
     assert len(model.layers()) == len(_meta("DeepLab-LargeFOV").layers())
 
 
+@pytest.mark.slow  # seconds: `make unit` leaves it out
 def test_fully_convolutional_vgg16_reproduces_torchvision_logits(vgg_state):
     torchvision = pytest.importorskip("torchvision")
     reference = torchvision.models.vgg16(weights=None).eval()

@@ -112,6 +112,7 @@ FUZZ = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # seconds: `make unit` leaves it out
 def test_fuzz_damaged_files_end_in_value_errors(tmp_path):
     """6000 reads of mutated real and crafted files, in a child process whose address space is
     capped at 512 MiB above its start (one unbounded allocation fails the test)."""

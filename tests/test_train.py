@@ -211,6 +211,7 @@ def test_checkpoints_never_unpickle_code(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+@pytest.mark.slow  # seconds: `make unit` leaves it out
 def test_full_mode_code_path_with_imagenet_conversion(toy_train, tmp_path):
     """The paper's configuration (full width, VGG-16 initialisation) on a 33-pixel crop; the
     VGG-16 weights are torchvision's random initialisation instead of a download."""
@@ -275,6 +276,7 @@ def test_msc_is_a_second_stage_that_trains_only_the_new_branches(toy_train, tmp_
             assert torch.equal(value, before[name]), name
 
 
+@pytest.mark.slow  # seconds: `make unit` leaves it out
 def test_ddp_on_gloo_with_two_processes_keeps_replicas_in_sync(toy_dir, tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(toy_dir), str(tmp_path)), nprocs=2)
     states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -289,6 +291,7 @@ def test_ddp_on_gloo_with_two_processes_keeps_replicas_in_sync(toy_dir, tmp_path
     assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 2
 
 
+@pytest.mark.slow  # seconds: `make unit` leaves it out
 def test_torchrun_launches_the_command_line_on_two_processes(toy_dir, tmp_path):
     """The documented multi-GPU command, with the CPU's gloo back end instead of NCCL."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",

@@ -1,0 +1,88 @@
+"""The chapter runner's checks (tools/chapters.py): nbval's comparison semantics and the student
+edition's static check, on small notebooks made here."""
+
+from __future__ import annotations
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+from tools.chapters import differences, student_leaks
+
+
+def stream(text: str, name: str = "stdout"):
+    return new_output("stream", name=name, text=text)
+
+
+def notebook(*outputs_per_cell, mark: bool = True):
+    cells = []
+    for number, outputs in enumerate(outputs_per_cell):
+        source = ("# NBVAL_CHECK_OUTPUT\n" if mark else "") + f"print({number})"
+        cells.append(new_code_cell(source, outputs=list(outputs)))
+    return new_notebook(cells=cells)
+
+
+def test_equal_outputs_agree_and_streams_are_merged_as_nbval_does() -> None:
+    committed = notebook([stream("a\nb\n")])
+    ran = notebook([stream("a\n"), stream("b\n")])
+    assert differences(ran, committed) == []
+    progress = notebook([stream("a\n"), stream("10%\r"), stream("b\n")])  # \r overwritten
+    assert differences(progress, committed) == []
+
+
+def test_a_changed_number_is_reported_with_both_outputs() -> None:
+    committed = notebook([stream("mean IoU 76.5%\n")])
+    (problem,) = differences(notebook([stream("mean IoU 76.4%\n")]), committed)
+    assert "cell 0" in problem and "76.5" in problem and "76.4" in problem
+
+
+def test_unchecked_cells_images_and_counts_are_not_compared() -> None:
+    ran = notebook([stream("anything\n")], mark=False)
+    assert differences(ran, notebook([stream("else\n")], mark=False)) == []
+    image = {"image/png": "AAAA", "text/plain": "<Figure size 800x360 with 2 Axes>"}
+    other = {"image/png": "BBBB", "text/plain": "<Figure size 800x360 with 2 Axes>"}
+    committed = notebook([new_output("display_data", data=image)])
+    assert differences(notebook([new_output("display_data", data=other)]), committed) == []
+    smaller = {"image/png": "BBBB", "text/plain": "<Figure size 400x360 with 1 Axes>"}
+    assert differences(notebook([new_output("display_data", data=smaller)]), committed)
+
+
+def test_a_missing_or_extra_output_differs() -> None:
+    committed = notebook([stream("x\n")])
+    assert differences(notebook([]), committed)
+    assert differences(notebook([stream("x\n"), stream("oops\n", name="stderr")]), committed)
+
+
+def test_other_sources_are_refused() -> None:
+    ran = notebook([stream("x\n")])
+    ran.cells[0].source += "\n# edited"
+    assert differences(ran, notebook([stream("x\n")])) == [
+        "the executed notebook's cells are not the committed chapter's"
+    ]
+
+
+def solution(source: str):
+    cell = new_code_cell(source)
+    cell.metadata["tags"] = ["solution"]
+    return cell
+
+
+def test_student_edition_names_only_a_solution_defines() -> None:
+    leaky = new_notebook(cells=[
+        new_code_cell("%pip install -q x\nimport numpy as np\ndef f(x):\n    raise ValueError"),
+        solution("def helper(x):\n    return x\ndef f(x):\n    return helper(x)\nbest = f(1)"),
+        new_code_cell("print(f(2), np.pi)"),  # f is the stub's name too: fine
+        new_code_cell("print(best, helper)"),  # only the solution defines these
+    ])  # fmt: skip
+    assert student_leaks(leaky) == [
+        "cell 3 reads 'best', which only a solution cell defines",
+        "cell 3 reads 'helper', which only a solution cell defines",
+    ]
+    leaky.cells[3].source = "best = 0\nprint(best)"
+    assert student_leaks(nbformat.from_dict(leaky)) == []
+
+
+def test_every_chapter_runs_without_its_solutions() -> None:
+    from tools.student_edition import chapters
+
+    for chapter in chapters():
+        assert student_leaks(nbformat.read(chapter, as_version=4)) == [], chapter.name
