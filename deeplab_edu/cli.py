@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,6 +105,8 @@ def _add_evaluate(sub: Subparsers) -> None:
                    "the images it did not tune on separately too")  # fmt: skip
     _crf_options(p, CRFParams())
     p.add_argument("--out", type=Path, required=True, help="the results JSON to write")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out even if evaluate did not write it")  # fmt: skip
 
 
 def _add_search(sub: Subparsers) -> None:
@@ -180,7 +183,30 @@ def _pad(args: argparse.Namespace, default: int | None) -> int | None:
     return default if args.pad_to is None else (args.pad_to or None)
 
 
+def _not_an_input(out: Path, inputs: dict[str, Path | None]) -> None:
+    """Refuse an output path that names one of the command's own inputs (or a folder)."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; expected a file path")
+    for flag, path in inputs.items():
+        if path is not None and out.resolve() == Path(path).resolve():
+            raise UsageError(f"--out {out} is this command's {flag} input; writing there would "
+                             "destroy it: choose another --out")  # fmt: skip
+
+
+def _is_results(path: Path) -> bool:
+    """Whether ``path`` holds a results JSON written by ``evaluate`` (safe to replace)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and {"miou", "checkpoint", "config"} <= data.keys()
+
+
 def _evaluate(args: argparse.Namespace) -> None:
+    _not_an_input(args.out, {"--checkpoint": args.checkpoint, "--crf-from": args.crf_from})
+    if args.out.exists() and not args.force and not _is_results(args.out):
+        raise UsageError(f"{args.out} exists and is not a results JSON written by evaluate; "
+                         "choose another --out, or pass --force to replace it")  # fmt: skip
     base = EvalConfig.for_mode(args.fast)
     crf, tuned_on = (CRFParams(), None) if args.crf_from is None else load_best(args.crf_from)
     changes = {k: v for k, v in vars(args).items() if k in crf.to_dict() and v is not None}
@@ -216,6 +242,7 @@ def _search(args: argparse.Namespace) -> None:
             changes[name] = getattr(args, name)
     config = dataclasses.replace(base, pad_to=_pad(args, base.pad_to), **changes)
     config.validate()
+    _not_an_input(args.out, {"--checkpoint": args.checkpoint})
     model, dataset = _load(args)
     result = search(model, dataset, config, state_path=args.out, progress=not args.no_progress)
     for note in result.notes:

@@ -247,6 +247,8 @@ def train(
     start = _resume(path, model, optimizer, config, device) if path.exists() and resume else 0
     if path.exists() and not resume:
         raise FileExistsError(f"{path} exists; pass resume=True (--resume) to continue it")
+    if not path.exists():
+        _refuse_foreign_files(out_dir, config)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -350,6 +352,27 @@ def _resume(
             f"{config.iterations}: it cannot be resumed; train into another folder"
         )
     return iteration
+
+
+def _refuse_foreign_files(out_dir: Path, config: TrainConfig) -> None:
+    """A folder without a checkpoint may hold only this run's own start (its ``config.json``,
+    equal to ``config``, and its log): never overwrite another run's files.
+
+    Raises:
+        FileExistsError: naming the files and what to do.
+    """
+    saved = out_dir / "config.json"
+    try:
+        own = saved.is_file() and json.loads(saved.read_text()) == config.to_dict()
+    except (OSError, UnicodeDecodeError, ValueError):
+        own = False
+    foreign = [out_dir / name for name in ("config.json", METRICS_LOG)
+               if (out_dir / name).exists() and not own]  # fmt: skip
+    if foreign:
+        raise FileExistsError(
+            f"{out_dir} holds {', '.join(p.name for p in foreign)} but no checkpoint.pt, from "
+            "another run or another configuration; train into another folder (or delete them)"
+        )
 
 
 def _check_finite(model: nn.Module, loss: float, iteration: int, config: TrainConfig) -> None:

@@ -217,3 +217,25 @@ def test_download_dispatches_to_the_data_and_weights_code(monkeypatch, tmp_path,
     monkeypatch.setattr(cli, "prepare_voc", unreachable)
     assert main(["download", "voc"]) == 2
     assert "host unreachable" in capsys.readouterr().err
+
+
+def test_evaluate_never_overwrites_its_inputs_or_foreign_files(run, tmp_path, capsys):
+    checkpoint = run / "checkpoint.pt"
+    before = checkpoint.read_bytes()
+    assert main(["evaluate", "--fast", "--checkpoint", str(checkpoint), "--out",
+                 str(checkpoint), "--no-progress"]) == 2  # fmt: skip
+    assert "this command's --checkpoint input" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == before
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"my": "notes"}')
+    args = ["evaluate", "--fast", "--checkpoint", str(checkpoint), "--out", str(notes),
+            "--max-images", "1", "--no-crf", "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    assert "not a results JSON written by evaluate" in capsys.readouterr().err
+    assert notes.read_text() == '{"my": "notes"}'
+    assert main([*args, "--force"]) == 0 and "miou" in json.loads(notes.read_text())
+    assert main(args) == 0  # its own results JSON is replaced without --force
+    assert main(["crf-search", "--fast", "--checkpoint", str(checkpoint), "--out",
+                 str(checkpoint), "--no-progress"]) == 2  # fmt: skip
+    assert "this command's --checkpoint input" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == before

@@ -105,7 +105,7 @@ def test_an_interrupted_generation_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         make_toy_voc(tmp_path / "set", 4, 2, 40, 0)
     assert list(tmp_path.iterdir()) == []  # no half-written set, no temporary, no stale one
-    with pytest.raises(FileExistsError, match="not a generated teaching set"):
+    with pytest.raises(FileExistsError, match="not only a generated teaching set"):
         (tmp_path / "mine").mkdir()
         (tmp_path / "mine" / "notes.txt").write_text("keep me")
         make_toy_voc(tmp_path / "mine", 1, 1, 40, 0)

@@ -101,3 +101,20 @@ def test_ensure_generates_once_and_active_voc_dir(tmp_path, monkeypatch):
     assert data.voc_dir("voc") == voc_dir and data.voc_dir(str(voc_dir)) == voc_dir
     with pytest.raises(FileNotFoundError, match="neither 'toy', 'voc' nor an existing"):
         data.voc_dir(str(tmp_path / "missing"))
+
+
+def test_a_folder_with_foreign_files_or_a_look_alike_marker_is_never_emptied(tmp_path):
+    root = make_toy_voc(tmp_path / "set", n_train=2, n_val=1, size=48, seed=0)
+    (root / "my_thesis.tex").write_text("years of work")
+    with pytest.raises(FileExistsError, match="my_thesis.tex"):
+        make_toy_voc(root, n_train=2, n_val=1, size=48, seed=1)
+    assert (root / "my_thesis.tex").read_text() == "years of work"
+    (root / "my_thesis.tex").unlink()
+    make_toy_voc(root, n_train=2, n_val=1, size=48, seed=1)  # its own files only: replaced
+    look_alike = tmp_path / "photos"
+    (look_alike / "JPEGImages").mkdir(parents=True)
+    (look_alike / "JPEGImages" / "holiday.jpg").write_bytes(b"\xff\xd8")
+    (look_alike / "toy.json").write_text("not a manifest")
+    with pytest.raises(FileExistsError, match="holiday.jpg"):
+        make_toy_voc(look_alike, n_train=2, n_val=1, size=48, seed=0)
+    assert (look_alike / "JPEGImages" / "holiday.jpg").exists()

@@ -304,3 +304,20 @@ def test_torchrun_launches_the_command_line_on_two_processes(toy_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert [r["iteration"] for r in read_metrics(tmp_path / "run")] == [1, 2]
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["iteration"] == 2
+
+
+def test_train_never_overwrites_another_runs_files(toy_train, tmp_path):
+    config = tiny(iterations=2)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"variant": "someone else\'s"}')
+    (folder / "metrics.jsonl").write_text('{"iteration": 1, "loss": 1.0}\n')
+    for resume in (False, True):
+        with pytest.raises(FileExistsError, match="config.json, metrics.jsonl but no checkpoint"):
+            train(config, folder, resume=resume, dataset=toy_train, progress=False)
+    assert (folder / "config.json").read_text() == '{"variant": "someone else\'s"}'
+    assert (folder / "metrics.jsonl").read_text() == '{"iteration": 1, "loss": 1.0}\n'
+    # this very run's start (stopped before its first checkpoint) is started again
+    (folder / "config.json").write_text(json.dumps(config.to_dict()))
+    train(config, folder, resume=True, dataset=toy_train, progress=False)
+    assert [r["iteration"] for r in read_metrics(folder)] == [1, 2]

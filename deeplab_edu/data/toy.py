@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,11 +212,14 @@ def make_toy_voc(root: str | Path, n_train: int, n_val: int, size: int, seed: in
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     final = Path(root)
-    if final.exists() and (not final.is_dir() or (
-        any(final.iterdir()) and not (final / "toy.json").is_file()
-    )):  # fmt: skip
-        raise FileExistsError(f"{final} exists and is not a generated teaching set: choose "
-                              "another folder (or delete it)")  # fmt: skip
+    if final.exists():
+        foreign = _foreign_entries(final)
+        if foreign:
+            raise FileExistsError(
+                f"{final} exists and is not only a generated teaching set (it holds "
+                f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): choose "
+                "another folder (or move those files)"
+            )
     final.parent.mkdir(parents=True, exist_ok=True)
     _sweep_temporaries(final)
     root = final.with_name(f".{final.name}.tmp-{os.getpid()}")
@@ -228,6 +232,29 @@ def make_toy_voc(root: str | Path, n_train: int, n_val: int, size: int, seed: in
         shutil.rmtree(root, ignore_errors=True)
         raise
     return final
+
+
+# the files a generated set holds: its images and masks named by its ids, its lists, manifest, README
+_OWN_FILES = re.compile(
+    r"JPEGImages/toy_(train|val)_\d{5}\.jpg|SegmentationClass/toy_(train|val)_\d{5}\.png"
+    r"|ImageSets/Segmentation/(train|val)\.txt|toy\.json|README\.txt"
+)
+
+
+def _foreign_entries(folder: Path) -> list[str]:
+    """Entries of ``folder`` that a generated set does not hold (all of them if its manifest
+    ``toy.json`` is missing or unreadable): replacing the folder would delete them."""
+    if not folder.is_dir():
+        return [folder.name]
+    entries = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    try:
+        manifest = json.loads((folder / "toy.json").read_text())
+        valid = isinstance(manifest, dict) and {"n_train", "n_val", "size", "seed"} <= manifest.keys()
+    except (OSError, UnicodeDecodeError, ValueError):
+        valid = False
+    if not valid:
+        return entries
+    return [e for e in entries if not _OWN_FILES.fullmatch(e)]
 
 
 def _sweep_temporaries(final: Path) -> None:
