@@ -16,14 +16,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from deeplab_edu.fetch import atomic_write
+
+try:  # file locks are POSIX-only; without them (Windows) a run folder is not locked
+    import fcntl
+except ImportError:
+    fcntl = None
 
 FORMAT_VERSION = 2  # 2: with the SHA-256 of the contents
 
@@ -39,21 +47,22 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         The path written.
     """
     with atomic_write(path) as handle:
-        torch.save({"format": FORMAT_VERSION, "sha256": _digest(state), **state}, handle)
+        torch.save({"format": FORMAT_VERSION, "sha256": contents_digest(state), **state}, handle)
     return Path(path)
 
 
-def _digest(value: Any, digest: Any = None) -> str:
-    """SHA-256 of a checkpoint's contents: keys, tensors (dtype, shape, bytes) and plain values."""
+def contents_digest(value: Any, digest: Any = None) -> str:
+    """SHA-256 of a checkpoint's contents: keys, tensors (dtype, shape, bytes) and plain values
+    (also what identifies a network's weights, ``contents_digest(model.state_dict())``)."""
     digest = digest or hashlib.sha256()
     if isinstance(value, dict):
         for key in sorted(value, key=str):
             digest.update(f"<{key}>".encode())
-            _digest(value[key], digest)
+            contents_digest(value[key], digest)
     elif isinstance(value, list | tuple):
         digest.update(f"[{len(value)}".encode())
         for item in value:
-            _digest(item, digest)
+            contents_digest(item, digest)
     elif isinstance(value, torch.Tensor):
         tensor = value.detach().cpu()
         digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
@@ -95,7 +104,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             f"got a {type(state).__name__} without that format number"
         )
     contents = {k: v for k, v in state.items() if k not in ("format", "sha256")}
-    if state.get("sha256") != _digest(contents):
+    if state.get("sha256") != contents_digest(contents):
         raise ValueError(
             f"{path} is damaged: its contents do not match the SHA-256 stored with them "
             "(a disk or copy error); use an earlier copy or train again"
@@ -135,3 +144,39 @@ def read_metrics(run_folder: str | Path) -> list[dict]:
                 break
             raise ValueError(f"{path}, line {number}: not a JSON record ({error})") from error
     return records
+
+
+RUN_LOCK = ".train.lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_folder: str | Path) -> Iterator[None]:
+    """Hold ``run_folder`` for one training run: a second run on the same folder, in this
+    process or another, fails at once instead of mixing its files with the first one's.
+
+    Raises:
+        BlockingIOError: naming the folder and the process that holds it.
+    """
+    folder = Path(run_folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(folder / RUN_LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise BlockingIOError(
+                f"{folder} is in use by another training run (process {holder}); wait for it "
+                "to finish, or train into another folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -299,7 +299,7 @@ def _grade(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the exit status (0 ok, 1 an exercise not passed, 2 a usage or
-    data error).
+    data error, 130 interrupted with Ctrl-C).
 
     Every foreseeable failure (a wrong option, missing data, a checkpoint that does not fit, a
     diverged run) is one line on stderr; an unexpected error keeps its traceback.
@@ -318,7 +318,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # a ValueError from inside a library is a bug: keep its traceback
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line saying what was kept, the shell's status 130
+        print(f"{parser.prog} {args.command}: interrupted{_what_was_kept(args)}", file=sys.stderr)
+        return 130
     return status or 0
+
+
+def _what_was_kept(args: argparse.Namespace) -> str:
+    """After Ctrl-C: where the work done so far is, and how to continue it."""
+    if args.command == "train":
+        checkpoint = args.out / "checkpoint.pt"
+        if checkpoint.is_file():
+            return (f"; the last checkpoint is {checkpoint}: run the same command with --resume "
+                    "to continue")  # fmt: skip
+        return "; no checkpoint had been written yet"
+    if args.command == "crf-search" and args.out.is_file():
+        return f"; the trials scored so far are in {args.out}: run the same command to resume"
+    return ""
 
 
 def _raised_by_us(error: BaseException) -> bool:

@@ -38,6 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from deeplab_edu import runtime
+from deeplab_edu.checkpoint import contents_digest
 from deeplab_edu.crf import dense_crf
 from deeplab_edu.crf.kernels import NORMALIZATIONS, CRFParams
 from deeplab_edu.data.sampling import Dataset
@@ -207,13 +208,15 @@ def search(
         A :class:`SearchResult`.
 
     Raises:
-        ValueError: if ``state_path`` holds a search with another configuration.
+        ValueError: if ``state_path`` holds a search with another configuration or of
+            another network.
     """
     config = config or SearchConfig.for_mode()
     config.validate()
     images = tuning_indices(len(dataset), min(config.num_images, len(dataset)), config.seed)
     device = next(model.parameters()).device
-    state = {"config": config.to_dict(), "images": images, "trials": []}
+    network = contents_digest(model.state_dict())  # the trials belong to these weights
+    state = {"config": config.to_dict(), "images": images, "network": network, "trials": []}
     if state_path is not None and Path(state_path).is_file():
         try:
             saved = json.loads(Path(state_path).read_text())
@@ -225,6 +228,11 @@ def search(
             ) from error
         if (saved.get("config"), saved.get("images")) != (state["config"], images):
             raise ValueError(f"{state_path} holds a search with another configuration")
+        if saved.get("network", network) != network:  # (files older than the field: trusted)
+            raise ValueError(
+                f"{state_path} holds the trials of another network's search (other weights); "
+                "its results would mix the two: use another --out, or delete it to search anew"
+            )
         state["trials"] = saved["trials"]
     done = {(t["w1"], t["theta_alpha"], t["theta_beta"]): t for t in state["trials"]}
     # the network runs once per image; every trial reuses its probabilities (float16, CPU)

@@ -173,6 +173,11 @@ def evaluate(
         began = runtime.now(device)
         probs = predict_probs(model, image, pad_to=config.pad_to, device=device)  # (C, H, W)
         seconds["network"] += runtime.now(device) - began
+        if probs.shape[0] != NUM_CLASSES:  # a label map of another class count means nothing
+            raise ValueError(
+                f"the network predicts {probs.shape[0]} classes but the data set has "
+                f"{NUM_CLASSES} (VOC's 20 and background): evaluate a network trained for them"
+            )
         labels = {"dcnn": probs.argmax(0).to(torch.uint8).cpu()}  # (H, W)
         if config.crf is not None:
             began = runtime.now(device)

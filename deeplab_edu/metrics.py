@@ -146,19 +146,25 @@ class ConfusionMatrix:
 
 
 def pixel_accuracy(
-    pred: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    num_classes: int = NUM_CLASSES,
 ) -> float:
     """Fraction of the non-void pixels of one labelling that are right (for a data set,
-    accumulate a :class:`ConfusionMatrix` instead).
+    accumulate a :class:`ConfusionMatrix` instead). It counts through a ``ConfusionMatrix``, so
+    labels follow the same rule: class indices 0..num_classes-1, and ``ignore_index`` in target.
 
     Raises:
-        ValueError: if the shapes differ or every pixel of ``target`` is void.
+        ValueError: if the shapes differ, a label is out of range, or every pixel of ``target``
+            is void.
     """
     _check_labels(pred, target)
-    valid = target != ignore_index
-    if not valid.any():
+    if not (target != ignore_index).any():
         raise ValueError("every pixel of target is void: there is nothing to score")
-    return float((pred[valid] == target[valid]).double().mean())
+    matrix = ConfusionMatrix(num_classes, ignore_index)
+    matrix.update(pred, target)
+    return matrix.pixel_accuracy()
 
 
 def trimap_band(target: torch.Tensor, width: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

@@ -62,7 +62,7 @@ def load_trained(
 
     Raises:
         ValueError: if the checkpoint holds another variant than ``variant``, has no training
-            configuration, or weights that do not fit the network it names.
+            configuration, non-finite weights, or weights that do not fit the network it names.
     """
     state = load_checkpoint(path)
     if not isinstance(state.get("config"), dict) or "model" not in state:
@@ -75,6 +75,13 @@ def load_trained(
         raise ValueError(
             f"{path} holds a {config.variant!r} checkpoint (width={config.width}), "
             f"not {variant!r}; pass --variant {config.variant!r} or another checkpoint"
+        )
+    bad = [name for name, tensor in state["model"].items()
+           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]  # fmt: skip
+    if bad:
+        raise ValueError(
+            f"{path}: weights {bad[:3]} hold NaN or infinite values (a diverged or damaged "
+            "run); nothing was evaluated: use an earlier checkpoint or train again"
         )
     model = deeplab(config.variant, width=config.width, msc=config.msc)
     try:

@@ -35,7 +35,13 @@ from torch import nn
 from tqdm import tqdm
 
 from deeplab_edu import runtime
-from deeplab_edu.checkpoint import METRICS_LOG, load_checkpoint, save_checkpoint, truncate_log
+from deeplab_edu.checkpoint import (
+    METRICS_LOG,
+    load_checkpoint,
+    run_lock,
+    save_checkpoint,
+    truncate_log,
+)
 from deeplab_edu.data import voc_dir
 from deeplab_edu.data.sampling import Batches, Dataset, Samples, derived_seed
 from deeplab_edu.data.transforms import TrainTransform, subsample_labels
@@ -237,73 +243,76 @@ def train(
         FileExistsError: if a checkpoint exists and ``resume`` is False.
         ValueError: if the checkpoint to resume belongs to another configuration.
         FloatingPointError: if the loss or the weights stop being finite (nothing is saved).
+        BlockingIOError: if another training run is using ``out_dir``.
     """
     config.validate()
     out_dir, (rank, world, device) = Path(out_dir), _distributed_setup()
-    path = out_dir / "checkpoint.pt"
-    runtime.seed_everything(config.seed)
-    model = build_model(config, vgg_state_dict=vgg_state_dict).to(device)
-    optimizer = make_optimizer(model, config)
-    start = _resume(path, model, optimizer, config, device) if path.exists() and resume else 0
-    if path.exists() and not resume:
-        raise FileExistsError(f"{path} exists; pass resume=True (--resume) to continue it")
-    if not path.exists():
-        _refuse_foreign_files(out_dir, config)
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        truncate_log(out_dir, start)
-    if dataset is None:  # the training split of config.dataset, untransformed
-        dataset = VOCSegmentation(voc_dir(config.dataset), config.split)
-    batches = Batches(len(dataset), config.batch_size, config.seed, start, config.iterations,
-                      rank, world)  # fmt: skip
-    transform = TrainTransform(crop=config.crop, flip=config.flip, scale=config.scale)
-    loader = torch.utils.data.DataLoader(
-        Samples(dataset, transform, config.seed), batch_sampler=batches,
-        num_workers=config.num_workers, pin_memory=device.type == "cuda",
-    )  # fmt: skip
-    network = model
-    if world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        network = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    network.train()
-    bar = tqdm(total=config.iterations, initial=start, disable=not progress or rank != 0,
-               desc=f"train {config.variant}", dynamic_ncols=True)  # fmt: skip
-    began = time.perf_counter()
-    log_file = out_dir / METRICS_LOG
-    with open(log_file, "a", buffering=1) if rank == 0 else contextlib.nullcontext() as log:
-        for iteration, (images, targets) in enumerate(loader, start=start):
-            images = images.to(device, non_blocking=True)  # (B, 3, H, W)
-            targets = targets.to(device, non_blocking=True)  # (B, H, W)
-            set_learning_rate(optimizer, config, iteration)
-            runtime.seed_everything(derived_seed(config.seed, iteration, rank, 1))  # dropout
-            loss = segmentation_loss(network(images), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            value, done = _mean_over_ranks(loss.detach(), world), iteration + 1
-            _check_finite(model, value, done, config)
-            lr = learning_rate(config, iteration)
-            if rank == 0:
-                record = {"iteration": done, "loss": round(value, 6), "lr": float(f"{lr:.6g}"),
-                          "seconds": round(time.perf_counter() - began, 3)}  # fmt: skip
-                log.write(json.dumps(record) + "\n")
-                bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.1e}")
-                bar.update(1)
-            if done % config.checkpoint_every == 0 or done == config.iterations:
+    # one run per folder at a time (rank 0 holds it for every process of a torchrun)
+    with run_lock(out_dir) if rank == 0 else contextlib.nullcontext():
+        path = out_dir / "checkpoint.pt"
+        runtime.seed_everything(config.seed)
+        model = build_model(config, vgg_state_dict=vgg_state_dict).to(device)
+        optimizer = make_optimizer(model, config)
+        start = _resume(path, model, optimizer, config, device) if path.exists() and resume else 0
+        if path.exists() and not resume:
+            raise FileExistsError(f"{path} exists; pass resume=True (--resume) to continue it")
+        if not path.exists():
+            _refuse_foreign_files(out_dir, config)
+        if rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+            truncate_log(out_dir, start)
+        if dataset is None:  # the training split of config.dataset, untransformed
+            dataset = VOCSegmentation(voc_dir(config.dataset), config.split)
+        batches = Batches(len(dataset), config.batch_size, config.seed, start, config.iterations,
+                          rank, world)  # fmt: skip
+        transform = TrainTransform(crop=config.crop, flip=config.flip, scale=config.scale)
+        loader = torch.utils.data.DataLoader(
+            Samples(dataset, transform, config.seed), batch_sampler=batches,
+            num_workers=config.num_workers, pin_memory=device.type == "cuda",
+        )  # fmt: skip
+        network = model
+        if world > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            network = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        network.train()
+        bar = tqdm(total=config.iterations, initial=start, disable=not progress or rank != 0,
+                   desc=f"train {config.variant}", dynamic_ncols=True)  # fmt: skip
+        began = time.perf_counter()
+        log_file = out_dir / METRICS_LOG
+        with open(log_file, "a", buffering=1) if rank == 0 else contextlib.nullcontext() as log:
+            for iteration, (images, targets) in enumerate(loader, start=start):
+                images = images.to(device, non_blocking=True)  # (B, 3, H, W)
+                targets = targets.to(device, non_blocking=True)  # (B, H, W)
+                set_learning_rate(optimizer, config, iteration)
+                runtime.seed_everything(derived_seed(config.seed, iteration, rank, 1))  # dropout
+                loss = segmentation_loss(network(images), targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                value, done = _mean_over_ranks(loss.detach(), world), iteration + 1
+                _check_finite(model, value, done, config)
+                lr = learning_rate(config, iteration)
                 if rank == 0:
-                    log.flush()
-                    save_checkpoint(
-                        {"iteration": done, "config": config.to_dict(),
-                         "model": model.state_dict(), "optimizer": optimizer.state_dict()},
-                        path,
-                    )  # fmt: skip
-                if world > 1:
-                    dist.barrier()
-            if on_step is not None:
-                on_step(done, value)
-    bar.close()
-    return model.eval()
+                    record = {"iteration": done, "loss": round(value, 6), "lr": float(f"{lr:.6g}"),
+                              "seconds": round(time.perf_counter() - began, 3)}  # fmt: skip
+                    log.write(json.dumps(record) + "\n")
+                    bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.1e}")
+                    bar.update(1)
+                if done % config.checkpoint_every == 0 or done == config.iterations:
+                    if rank == 0:
+                        log.flush()
+                        save_checkpoint(
+                            {"iteration": done, "config": config.to_dict(),
+                             "model": model.state_dict(), "optimizer": optimizer.state_dict()},
+                            path,
+                        )  # fmt: skip
+                    if world > 1:
+                        dist.barrier()
+                if on_step is not None:
+                    on_step(done, value)
+        bar.close()
+        return model.eval()
 
 
 def _distributed_setup() -> tuple[int, int, torch.device]:

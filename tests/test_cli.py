@@ -239,3 +239,17 @@ def test_evaluate_never_overwrites_its_inputs_or_foreign_files(run, tmp_path, ca
                  str(checkpoint), "--no-progress"]) == 2  # fmt: skip
     assert "this command's --checkpoint input" in capsys.readouterr().err
     assert checkpoint.read_bytes() == before
+
+
+def test_ctrl_c_is_one_line_saying_how_to_resume(run, tmp_path, monkeypatch, capsys):
+    import deeplab_edu.cli as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "train", interrupted)
+    assert main(["train", "--fast", "--out", str(run), "--no-progress"]) == 130
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "interrupted; the last checkpoint is" in line and "--resume" in line
+    assert main(["train", "--fast", "--out", str(tmp_path / "new"), "--no-progress"]) == 130
+    assert "no checkpoint had been written yet" in capsys.readouterr().err

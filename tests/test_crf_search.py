@@ -107,6 +107,12 @@ def test_an_interrupted_search_resumes_without_repeating_trials(fake_crf, tmp_pa
     assert load_best(state) == (resumed.best, [0])
     with pytest.raises(ValueError, match="another configuration"):
         search(MODEL, data(), SearchConfig(num_images=1, pad_to=None), state_path=state)
+    other = Oracle([torch.zeros(16, 16, dtype=torch.int64)])
+    with torch.no_grad():
+        other.anchor.fill_(1.0)  # other weights: its trials must not be mixed with MODEL's
+    with pytest.raises(ValueError, match="another network's search"):
+        search(other, data(), CONFIG, state_path=state, progress=False)
+    assert fake_crf["calls"] == calls
 
 
 def test_the_tuning_images_are_a_seeded_random_subset(fake_crf):

@@ -236,6 +236,11 @@ def test_train_aug_list_arithmetic_and_build(tmp_path):
     assert np.array_equal(ds[ds.ids.index(extra)][1].numpy(), (7 * i + 3 * j) % 21)
     # VOC's own annotation (with its void row) wins over SBD's for ids that have one
     assert (ds[0][1][0] == IGNORE_INDEX).all()
+    # an id that climbs out of its folder is refused before anything is written
+    (sbd / "train.txt").write_text(f"{extra}\n../../../escaped\n")
+    with pytest.raises(ValueError, match=r"train.txt, line 2: expected one image id"):
+        build_train_aug(voc, sbd)
+    assert not list(tmp_path.parent.glob("escaped*")) and not (tmp_path / "escaped.png").exists()
 
 
 @pytest.mark.parametrize("name", ["DeepLab-LargeFOV", "DeepLab"])
@@ -276,3 +281,16 @@ def test_transforms_on_cuda(cuda_device):
     x, y = EvalTransform(pad_to=32)(image, target)
     assert torch.equal(denormalize(x)[:, :20, :30].cpu(), image.cpu())
     assert subsample_labels(y[None]).shape == (1, 4, 4)
+
+
+def test_sixteen_bit_images_are_scaled_and_float_images_refused(tmp_path):
+    from deeplab_edu.data.voc import read_image
+
+    grey = np.array([[0, 32768], [65535, 257]], dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "deep.png")  # a 16-bit grey PNG
+    image = read_image(tmp_path / "deep.png")
+    assert image.shape == (3, 2, 2) and image[0].tolist() == [[0, 128], [255, 1]]
+    assert (image[0] == image[1]).all() and (image[1] == image[2]).all()
+    Image.fromarray(np.full((2, 2), 0.5, np.float32)).save(tmp_path / "float.tiff")
+    with pytest.raises(ValueError, match="floating-point image .* no fixed range"):
+        read_image(tmp_path / "float.tiff")

@@ -136,3 +136,15 @@ def test_trimap_curves_are_counted_image_by_image_and_no_label_map_is_kept():
             continue
         assert trimap["pixel_accuracy"][position] == pytest.approx(accuracy)
         assert trimap["miou"][position] == pytest.approx(miou)
+
+
+def test_a_network_of_another_class_count_is_refused():
+    class Wide(Oracle):
+        def predict(self, x):
+            scores = torch.zeros(1, 258, *x.shape[-2:])
+            scores[0, 257] = 1.0  # class 257 would wrap to 1 (aeroplane) in a uint8 label map
+            return scores
+
+    data = dataset([(None, torch.zeros(8, 8, dtype=torch.int64))])
+    with pytest.raises(ValueError, match="predicts 258 classes but the data set has 21"):
+        evaluate(Wide([]), data, EvalConfig(crf=None, pad_to=None), progress=False)

@@ -187,3 +187,12 @@ def test_metrics_on_cuda_match_cpu(cuda_device):
     assert torch.equal(band.cpu(), trimap_band(target, 3))
     curves = trimap_curves(pred.to(cuda_device), target.to(cuda_device), [2])
     assert curves[2]["miou"] == pytest.approx(trimap_curves(pred, target, [2])[2]["miou"])
+
+
+def test_pixel_accuracy_follows_the_confusion_matrix_label_rule():
+    target = torch.tensor([[0, 1], [2, V]])
+    with pytest.raises(ValueError, match="labels must be class indices 0..20"):
+        pixel_accuracy(torch.tensor([[0, 1], [300, 0]]), target)  # was scored as a wrong pixel
+    with pytest.raises(ValueError, match="labels must be class indices"):
+        pixel_accuracy(torch.tensor([[0, 1], [2, 0]]), torch.tensor([[0, 1], [-1, V]]))
+    assert pixel_accuracy(torch.tensor([[0, 1], [1, 7]]), target) == pytest.approx(2 / 3)

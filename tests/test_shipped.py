@@ -136,3 +136,14 @@ def test_shipped_network_is_what_its_configuration_trains(variant: str, tmp_path
         f"{100 * info['val_miou']:.2f}% (tolerance {100 * runs.MIOU_TOLERANCE:.1f} points); if "
         f"training changed on purpose, refresh the shipped files: {runs.REFRESH}"
     )
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path: Path) -> None:
+    state = load_checkpoint(
+        runs.SHIPPED_DIR / runs.shipped_info(runs.SHARED_VARIANTS[0])["checkpoint"]
+    )
+    state = {k: v for k, v in state.items() if k not in ("format", "sha256")}
+    state["model"]["fc8.weight"] = torch.full_like(state["model"]["fc8.weight"], float("nan"))
+    save_checkpoint(state, tmp_path / "diverged.pt")
+    with pytest.raises(ValueError, match=r"\['fc8.weight'\] hold NaN or infinite values"):
+        runs.load_trained(tmp_path / "diverged.pt")

@@ -321,3 +321,15 @@ def test_train_never_overwrites_another_runs_files(toy_train, tmp_path):
     (folder / "config.json").write_text(json.dumps(config.to_dict()))
     train(config, folder, resume=True, dataset=toy_train, progress=False)
     assert [r["iteration"] for r in read_metrics(folder)] == [1, 2]
+
+
+def test_two_runs_on_one_folder_do_not_mix(toy_train, tmp_path):
+    from deeplab_edu.checkpoint import run_lock
+
+    folder = tmp_path / "run"
+    with run_lock(folder):  # another run holds the folder
+        with pytest.raises(BlockingIOError, match=r"in use by another training run \(process \d+"):
+            train(tiny(iterations=2), folder, dataset=toy_train, progress=False)
+    assert not (folder / "checkpoint.pt").exists() and not (folder / "metrics.jsonl").exists()
+    train(tiny(iterations=2), folder, dataset=toy_train, progress=False)  # released: it runs
+    assert [r["iteration"] for r in read_metrics(folder)] == [1, 2]

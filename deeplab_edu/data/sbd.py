@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from deeplab_edu.data.voc import IGNORE_INDEX, NUM_CLASSES, write_mask
+from deeplab_edu.data.voc import IGNORE_INDEX, NUM_CLASSES, read_ids, write_mask
 
 # MAT v5 data types (the element tags) and array classes
 _MI_DTYPES = {
@@ -269,9 +269,11 @@ TRAIN_AUG_SIZE = 10_582  # paper, section 5: the number of augmented training im
 
 
 def _read_list(path: Path, what: str) -> list[str]:
+    """The ids of a VOC or SBD list, each a plain name (:func:`~deeplab_edu.data.voc.read_ids`:
+    an id such as ``../../x`` would write its mask outside the data root)."""
     if not path.is_file():
         raise FileNotFoundError(f"{what} list not found: {path}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return read_ids(path)
 
 
 def build_train_aug(voc_dir: str | Path, sbd_dir: str | Path) -> Path:

@@ -119,10 +119,45 @@ def read_image(path: str | Path) -> torch.Tensor:
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as image:
-            array = np.array(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+            array = _rgb8(image, path)  # (H, W, 3)
+    except ImageModeError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: not a readable image, corrupt or truncated ({error})") from error
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+class ImageModeError(ValueError):
+    """An image read correctly whose pixel format has no faithful 8-bit RGB form."""
+
+
+_SIXTEEN_BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # Pillow's modes of 16-bit grey PNGs
+
+
+def _rgb8(image: Image.Image, path: Path) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB of an opened image. Pillow's ``convert("RGB")`` clips a 16-bit
+    grey image to 255 (all white) and a float one to its integer part (all black for values in
+    0..1): 16-bit grey is scaled to 8 bits here, and a float image, which has no fixed range,
+    is refused.
+
+    Raises:
+        ImageModeError: for a float image, or grey values outside 0..65535 (naming the file).
+    """
+    if image.mode == "F":
+        raise ImageModeError(
+            f"{path}: a floating-point image (mode F) has no fixed range; save it as an 8-bit "
+            "(or 16-bit) image"
+        )
+    if image.mode in _SIXTEEN_BIT:
+        values = np.asarray(image, dtype=np.int64)  # (H, W)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ImageModeError(
+                f"{path}: a {image.mode} image with values outside 0..65535; expected an 8-bit "
+                "or 16-bit image"
+            )
+        grey = np.round(values * (255 / 65535)).astype(np.uint8)  # 65535 -> 255
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
 _HOW_TO_GET_VOC = (
@@ -137,7 +172,7 @@ _HOW_TO_GET_VOC = (
 _ID = re.compile(r"^[A-Za-z0-9_.-]+$")  # VOC ids: 2007_000032, toy_train_00001, ...
 
 
-def _read_ids(list_file: Path) -> list[str]:
+def read_ids(list_file: Path) -> list[str]:
     """The image ids of a split list: one per line (a UTF-8 BOM and blank lines are ignored).
 
     Raises:
@@ -212,7 +247,7 @@ class VOCSegmentation(Dataset):
                 f"split list not found: {list_file} (splits present: {found or 'none'}).{hint} "
                 f"{_HOW_TO_GET_VOC}"
             )
-        self.ids: list[str] = _read_ids(list_file)
+        self.ids: list[str] = read_ids(list_file)
         if not self.ids:
             raise ValueError(f"split list {list_file} is empty: expected one image id per line")
         self.mask_dir = self.voc_dir / (
