@@ -150,27 +150,28 @@ RUN_LOCK = ".train.lock"
 
 
 @contextlib.contextmanager
-def run_lock(run_folder: str | Path) -> Iterator[None]:
-    """Hold ``run_folder`` for one training run: a second run on the same folder, in this
-    process or another, fails at once instead of mixing its files with the first one's.
+def locked(path: str | Path, *, wait: bool = True, what: str = "another process") -> Iterator[None]:
+    """Hold the lock file ``path`` (its folder is created): with ``wait``, until the holder
+    releases it; without, fail at once. The holder's PID is written into the file. Without
+    ``fcntl`` (Windows) nothing is locked.
 
     Raises:
-        BlockingIOError: naming the folder and the process that holds it.
+        BlockingIOError: without ``wait``, if the file is held (naming ``what`` and its PID).
     """
-    folder = Path(run_folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if fcntl is None:
         yield
         return
-    with open(folder / RUN_LOCK, "a+") as handle:
+    with open(path, "a+") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             raise BlockingIOError(
-                f"{folder} is in use by another training run (process {holder}); wait for it "
-                "to finish, or train into another folder"
+                f"{path.parent} is in use by {what} (process {holder}); wait for it to finish, "
+                "or use another folder"
             ) from None
         handle.seek(0)
         handle.truncate()
@@ -180,3 +181,10 @@ def run_lock(run_folder: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_lock(run_folder: str | Path) -> contextlib.AbstractContextManager[None]:
+    """Hold ``run_folder`` for one training run: a second run on the same folder, in this
+    process or another, fails at once instead of mixing its files with the first one's
+    (:func:`locked` without waiting)."""
+    return locked(Path(run_folder) / RUN_LOCK, wait=False, what="another training run")

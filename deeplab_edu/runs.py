@@ -19,32 +19,31 @@ says how to make it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import platform
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from deeplab_edu import runtime
-from deeplab_edu.checkpoint import FORMAT_VERSION, METRICS_LOG, load_checkpoint, save_checkpoint
+from deeplab_edu.checkpoint import (
+    FORMAT_VERSION,
+    METRICS_LOG,
+    load_checkpoint,
+    locked,
+    save_checkpoint,
+)
 from deeplab_edu.data import voc_dir
 from deeplab_edu.data.voc import VOCSegmentation
 from deeplab_edu.evaluate import EvalConfig, evaluate
 from deeplab_edu.fetch import atomic_write, file_digest
 from deeplab_edu.models import deeplab
 from deeplab_edu.train import TrainConfig, train
-
-try:  # file locks are POSIX-only; without them (Windows) the cache is not locked
-    import fcntl
-except ImportError:
-    fcntl = None
 
 
 def load_trained(
@@ -140,24 +139,11 @@ def cached_run(config: TrainConfig, *, progress: bool = True) -> tuple[nn.Module
             "DEEPLAB_EDU_FAST=0)."
         )
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder / ".lock"):
+    with locked(folder / ".lock"):  # concurrent first callers wait for each other
         if not is_complete(config) and not install_shipped(config, folder):
             train(config, folder, resume=True, progress=progress)
     model, _ = load_trained(folder / "checkpoint.pt", variant=config.variant)
     return model, folder
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    if fcntl is None:  # Windows: no lock; two simultaneous first runs would both train
-        yield
-        return
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # the fast-mode runs the chapters share: LargeFOV (most chapters) and the equal-cost ASPP

@@ -114,8 +114,8 @@ def execute(out: Path) -> int:
     """Execute every chapter, each in an empty folder (:data:`SHARED_FOLDER` excepted),
     :data:`WORKERS` at a time, into ``out``; return 0 if all ran, else 1."""
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.ipynb"):
-        stale.unlink()
+    for chapter in chapters():  # an earlier run's copies only: nothing else in OUT is touched
+        (out / chapter.name).unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="chapters-") as scratch:
         scratch = Path(scratch)
         site = scratch / "site"
