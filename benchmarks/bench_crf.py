@@ -7,6 +7,11 @@ Run: ``.venv/bin/python benchmarks/bench_crf.py`` (``--runs 5`` for more repetit
    of ``--runs`` runs of ours (PyTorch's threads, 2 here) and of pydensecrf (C++, one thread),
    interleaved in this one process; their ratio, the time growth for 4x the pixels, and the
    label agreement. At 0.19 MP also ours on one thread, core for core. On a GPU, ours on CUDA.
+   Then peak memory beside time at 0.05, 0.25 and 1 MP (``--memory-only`` runs just this):
+   each CRF alone in a fresh process (spawned), its peak resident memory (Linux's VmHWM, reset
+   just before the run) minus the resident memory just before it; ours and pydensecrf through
+   the same ``dense_crf`` call on the same image and probabilities, and pydensecrf called
+   directly on unaries made beforehand (its adapter's three conversions not counted).
 2. A val set at 0.19 MP (the two photos, four times each): images/s as ``evaluate`` runs the CRF
    (one image at a time on PyTorch's threads) and in a pool of one-thread processes, one per
    core, to decide whether evaluation should use a pool.
@@ -14,7 +19,29 @@ Run: ``.venv/bin/python benchmarks/bench_crf.py`` (``--runs 5`` for more repetit
 4. The exact (naive) method at 64x64 and 128x128: time and kernel memory.
 
 Goals (printed beside each ratio): <= 0.7x pydensecrf at every size on 2 threads (stretch 0.5x
-at 0.19 MP), <= 1.0x on one thread, growth <= 4.5x for 4x the pixels, agreement >= 99.5%.
+at 0.19 MP), <= 1.0x on one thread, growth <= 4.5x for 4x the pixels, agreement >= 99.5%;
+peak memory <= 1.0x pydensecrf's at 1 MP.
+
+Memory round (issue 30): at 1 MP ours peaked at 950-975 MB above its start against 690-700 MB
+for pydensecrf (1.38x). Resident memory step by step showed where: the blur's two fresh (M, 21)
+tensors per direction left 120-160 MB of the C library's heap fragmented and resident; int64
+index tables and their temporaries (ranks, reduced coordinates, sort results, offsets, splat
+order, neighbours) took twice what int32 needs; the sparse matrices were built from
+per-lattice pieces and concatenated (about 200 MB more at their peak); and the lattices kept their
+per-point tables (108 MB) beside the matrices that copy them. Done, results bit for bit
+unchanged (checked at the three sizes and by a test): the blur gathers into a buffer reused by
+every call; index tables int32 (int64 only past 2^31 entries), ranks int8; the matrices written
+in place; offsets and splat order one block (48 MB, which the C library maps on its own and
+returns whole when freed); ``dense_crf`` drops the lattices' per-point tables once the fused
+matrices hold them. After: 530-610 MB at 1 MP, 0.80-0.87x pydensecrf through ``dense_crf``,
+0.95-1.03x pydensecrf called directly; 0.25 MP 0.89-0.96x; 0.05 MP (30-45 MB, where heap
+layout dominates) 0.9-1.3x. Times unchanged or better (builds 10-30% faster); the reference
+``splat`` converts its int32 offsets to int64 because ``index_add_`` is 10x slower with int32.
+Measured and not adopted: the second blur gather in row blocks (one (M, 21) buffer, 22 MB
+less) made the blur 30% slower; the blur's buffer borrowed from the message's memory saved
+nothing measurable. What remains: unary, Q and message (3 x 84 MB), the splat and slice
+matrices (144 MB), the vertex values and blur buffer (75 MB), and 50-100 MB of heap that the
+C library keeps after the lattice builds.
 
 Profile at 0.75 MP, 2 threads, before this round (total 2.57 s; pydensecrf 2.68 s, ratio 0.96):
 lattice build 0.62 s (appearance) + 0.12 s (smoothness), message set-up 0.16 s, and per
@@ -73,6 +100,8 @@ Earlier rounds (from about 2.4 s to 0.41 s at 0.19 MP):
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -98,6 +127,7 @@ from deeplab_edu.data.voc import read_mask
 VOC_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "voc-sample"
 PHOTOS = ("2008_008246", "2011_003066")  # 500x375 VOC photos that the book does not ship
 SCALES = (0.5, 1.0, 2.0, 2.31)  # about 0.05, 0.19, 0.75 and 1.0 megapixels
+MEMORY_SCALES = (0.5, 1.155, 2.31)  # about 0.05, 0.25 and 1.0 megapixels
 
 
 def synthetic_scene(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -149,10 +179,108 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
+def resident_mib() -> float:
+    """This process's resident memory now, in MiB (Linux: ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def reset_peak() -> bool:
+    """Reset this process's peak resident memory to its current value (Linux >= 4.0 resets
+    the high-water mark that ``getrusage`` reports when "5" is written to clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:  # elsewhere: the peak since start-up, which the small inputs keep low
+        return False
+
+
+def peak_mib() -> float:
+    """This process's peak resident memory, in MiB: Linux's VmHWM, else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # in KiB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure_memory(method: str, scale: float, threads: int) -> tuple[float, float]:
+    """Peak memory (MiB) and time (s) of one CRF at ``scale``, run in a fresh process.
+
+    The inputs are made first (the first photo, its unaries) and a small image is run once
+    (libraries loaded, thread pools started); the peak is the highest resident memory during
+    the measured run minus the resident memory just before it: what the CRF itself needed,
+    whichever allocator holds it. ``method`` is a :func:`dense_crf` method (the same image and
+    probabilities through the same call) or ``"pydensecrf-direct"``: pydensecrf's own calls on
+    unaries made before the measurement (its adapter's conversions not counted).
+    """
+    torch.set_num_threads(threads)
+    _, photo, mask = scenes()[0]
+    image, probs = resized(photo, mask, scale)
+    small_image, small_probs = resized(photo, mask, 0.2)
+    p = CRFParams()
+    if method == "pydensecrf-direct":
+        import pydensecrf.densecrf as dcrf  # optional: only called when it is installed
+
+        c, h, w = probs.shape
+        unary = -np.log(probs.clamp(1e-5, 1.0).numpy()).reshape(c, h * w)
+        normalization = {"after": dcrf.NORMALIZE_AFTER, "symmetric": dcrf.NORMALIZE_SYMMETRIC}
+        kwargs = {"kernel": dcrf.DIAG_KERNEL, "normalization": normalization[p.normalization]}
+
+        def run() -> None:  # the calls of deeplab_edu.crf.reference, without its conversions
+            crf = dcrf.DenseCRF2D(w, h, c)
+            crf.setUnaryEnergy(unary)
+            crf.addPairwiseGaussian(sxy=p.theta_gamma, compat=p.w2, **kwargs)
+            crf.addPairwiseBilateral(sxy=p.theta_alpha, srgb=p.theta_beta, rgbim=image,
+                                     compat=p.w1, **kwargs)  # fmt: skip
+            np.asarray(crf.inference(p.iterations))
+
+        dense_crf(small_image, small_probs, method="pydensecrf")
+    else:
+        dense_crf(small_image, small_probs, method=method)
+
+        def run() -> None:
+            dense_crf(image, probs, method=method)
+
+    before = resident_mib()
+    if not reset_peak():
+        before = max(before, peak_mib())
+    seconds = timed(run)[0]
+    return peak_mib() - before, seconds
+
+
+def print_memory(threads: int, has_ref: bool) -> None:
+    """Part 1b: peak memory and time of one CRF per fresh process, ours and pydensecrf's."""
+    print("\npeak memory: one run per fresh process, the highest resident memory minus that "
+          "just before the run (MiB); time of that run (s)")  # fmt: skip
+    methods = ["permutohedral"] + (["pydensecrf", "pydensecrf-direct"] if has_ref else [])
+    context = torch.multiprocessing.get_context("spawn")
+    for scale in MEMORY_SCALES:
+        found = {}
+        for method in methods:
+            with context.Pool(1) as pool:  # a new process for each measurement
+                found[method] = pool.apply(measure_memory, (method, scale, threads))
+        _, photo, _ = scenes()[0]
+        megapixels = round(photo.shape[0] * scale) * round(photo.shape[1] * scale) / 1e6
+        ours, ours_s = found["permutohedral"]
+        line = f"peak memory at {megapixels:.2f} MP: ours {ours:.0f} MB ({ours_s:.2f} s)"
+        if has_ref:
+            (ref, ref_s), (direct, direct_s) = found["pydensecrf"], found["pydensecrf-direct"]
+            line += (f", pydensecrf {ref:.0f} MB ({ref_s:.2f} s), ratio {ours / ref:.2f} (goal "
+                     f"<= 1.0); pydensecrf called directly {direct:.0f} MB ({direct_s:.2f} s), "
+                     f"ratio {ours / direct:.2f}")  # fmt: skip
+        print(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="repetitions of each method (>= 3)")
     parser.add_argument("--skip-naive", action="store_true", help="skip the exact-method part")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak memory part")
     args = parser.parse_args()
     params = CRFParams()  # the LargeFOV defaults: (4, 121, 5, 3, 3)
     assert (params.w1, params.theta_alpha, params.theta_beta, params.w2, params.theta_gamma) == (
@@ -163,6 +291,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {threads} CPU threads; medians of {max(3, args.runs)} runs")
     if not has_ref:
         print("pydensecrf not installed: ratios skipped (pip install pydensecrf2)")
+
+    if args.memory_only:
+        return print_memory(threads, has_ref)
 
     # -- 1. ours vs pydensecrf, by size ---------------------------------------------------------
     print(f"\n{'photo':12s} {'size':>9s} {'MP':>5s} {'ours s':>7s} {'ref s':>7s} {'ratio':>6s} "
@@ -227,6 +358,7 @@ def main() -> None:
         print(text)
     else:
         print("no CUDA device: the GPU measurement is skipped")
+    print_memory(threads, has_ref)
 
     # -- 2. a val set at 0.19 MP: PyTorch's threads (as evaluate runs) or a pool of processes --
     images = [resized(photo, mask, 1.0) for _, photo, mask in scenes()] * 4  # 8 VOC-sized

@@ -16,22 +16,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from deeplab_edu.fetch import atomic_write
-
-try:  # file locks are POSIX-only; without them (Windows) a run folder is not locked
-    import fcntl
-except ImportError:
-    fcntl = None
 
 FORMAT_VERSION = 2  # 2: with the SHA-256 of the contents
 
@@ -144,47 +136,3 @@ def read_metrics(run_folder: str | Path) -> list[dict]:
                 break
             raise ValueError(f"{path}, line {number}: not a JSON record ({error})") from error
     return records
-
-
-RUN_LOCK = ".train.lock"
-
-
-@contextlib.contextmanager
-def locked(path: str | Path, *, wait: bool = True, what: str = "another process") -> Iterator[None]:
-    """Hold the lock file ``path`` (its folder is created): with ``wait``, until the holder
-    releases it; without, fail at once. The holder's PID is written into the file. Without
-    ``fcntl`` (Windows) nothing is locked.
-
-    Raises:
-        BlockingIOError: without ``wait``, if the file is held (naming ``what`` and its PID).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:
-        yield
-        return
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise BlockingIOError(
-                f"{path.parent} is in use by {what} (process {holder}); wait for it to finish, "
-                "or use another folder"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def run_lock(run_folder: str | Path) -> contextlib.AbstractContextManager[None]:
-    """Hold ``run_folder`` for one training run: a second run on the same folder, in this
-    process or another, fails at once instead of mixing its files with the first one's
-    (:func:`locked` without waiting)."""
-    return locked(Path(run_folder) / RUN_LOCK, wait=False, what="another training run")

@@ -28,9 +28,11 @@ from deeplab_edu.data.toy import ToyConfig
 from deeplab_edu.evaluate import EvalConfig, evaluate, write_results
 from deeplab_edu.exercises import EXERCISES, check
 from deeplab_edu.models import VARIANTS, vgg16_imagenet_state_dict
+from deeplab_edu.outputs import refuse_foreign, refuse_input
 from deeplab_edu.runs import load_trained
 from deeplab_edu.train import TrainConfig, train
 
+PACKAGE = Path(__file__).resolve().parent  # tracebacks from here are the package's own
 Subparsers = argparse._SubParsersAction  # what add_subparsers returns (argparse has no public name)
 
 
@@ -183,16 +185,6 @@ def _pad(args: argparse.Namespace, default: int | None) -> int | None:
     return default if args.pad_to is None else (args.pad_to or None)
 
 
-def _not_an_input(out: Path, inputs: dict[str, Path | None]) -> None:
-    """Refuse an output path that names one of the command's own inputs (or a folder)."""
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a folder; expected a file path")
-    for flag, path in inputs.items():
-        if path is not None and out.resolve() == Path(path).resolve():
-            raise UsageError(f"--out {out} is this command's {flag} input; writing there would "
-                             "destroy it: choose another --out")  # fmt: skip
-
-
 def _is_results(path: Path) -> bool:
     """Whether ``path`` holds a results JSON written by ``evaluate`` (safe to replace)."""
     try:
@@ -203,10 +195,9 @@ def _is_results(path: Path) -> bool:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    _not_an_input(args.out, {"--checkpoint": args.checkpoint, "--crf-from": args.crf_from})
-    if args.out.exists() and not args.force and not _is_results(args.out):
-        raise UsageError(f"{args.out} exists and is not a results JSON written by evaluate; "
-                         "choose another --out, or pass --force to replace it")  # fmt: skip
+    refuse_input(args.out, {"--checkpoint": args.checkpoint, "--crf-from": args.crf_from}, "--out")
+    refuse_foreign(args.out, owned=args.force or _is_results(args.out), writer="evaluate",
+                   force="--force")  # fmt: skip
     base = EvalConfig.for_mode(args.fast)
     crf, tuned_on = (CRFParams(), None) if args.crf_from is None else load_best(args.crf_from)
     changes = {k: v for k, v in vars(args).items() if k in crf.to_dict() and v is not None}
@@ -242,7 +233,7 @@ def _search(args: argparse.Namespace) -> None:
             changes[name] = getattr(args, name)
     config = dataclasses.replace(base, pad_to=_pad(args, base.pad_to), **changes)
     config.validate()
-    _not_an_input(args.out, {"--checkpoint": args.checkpoint})
+    refuse_input(args.out, {"--checkpoint": args.checkpoint}, "--out")
     model, dataset = _load(args)
     result = search(model, dataset, config, state_path=args.out, progress=not args.no_progress)
     for note in result.notes:
@@ -271,9 +262,6 @@ def _make_toy(args: argparse.Namespace) -> None:
     defaults = ToyConfig()  # the sizes not given are the teaching set's
     sizes = {k: getattr(defaults, k) if getattr(args, k) is None else getattr(args, k)
              for k in ("n_train", "n_val", "size")}  # fmt: skip
-    for name, value in sizes.items():
-        if value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     print(f"teaching set in {make_toy_voc(args.out, seed=args.seed, **sizes)}")
 
 
@@ -314,9 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status = handlers[args.command](args)
     except (UsageError, OSError, ValueError, FloatingPointError) as error:
-        if not isinstance(error, UsageError | OSError) and not _raised_by_us(error):
+        message = _user_message(error)
+        if message is None:
             raise  # a ValueError from inside a library is a bug: keep its traceback
-        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: one line saying what was kept, the shell's status 130
         print(f"{parser.prog} {args.command}: interrupted{_what_was_kept(args)}", file=sys.stderr)
@@ -335,6 +324,34 @@ def _what_was_kept(args: argparse.Namespace) -> str:
     if args.command == "crf-search" and args.out.is_file():
         return f"; the trials scored so far are in {args.out}: run the same command to resume"
     return ""
+
+
+def _user_message(error: BaseException) -> str | None:
+    """The one line to print for a foreseeable failure; None for a bug (keep its traceback).
+
+    Foreseeable: a usage or OS error, or a ValueError the package raised on purpose (its
+    innermost frame is the package's own code, not a library's). An error met in a DataLoader
+    worker process reaches us re-raised by PyTorch, with the worker's whole traceback as its
+    message: the same rule is applied to that traceback, and its last line is the message,
+    as with 0 workers.
+    """
+    text = str(error)
+    if text.startswith("Caught ") and " in DataLoader worker process " in text.split("\n")[0]:
+        lines = text.split("\n")
+        frames = [line for line in lines if line.startswith('  File "')]
+        last = max(i for i, line in enumerate(lines) if line.startswith("  "))
+        message = "\n".join(lines[last + 1 :]).split(": ", 1)[-1]
+        ours = isinstance(error, OSError) or bool(frames and _is_ours(frames[-1]))
+        return message if ours else None
+    if isinstance(error, UsageError | OSError) or _raised_by_us(error):
+        return text
+    return None
+
+
+def _is_ours(frame_line: str) -> bool:
+    """Whether a traceback's ``File "...", line N`` line is in the package's code."""
+    path = Path(frame_line.split('"')[1])
+    return PACKAGE in path.parents
 
 
 def _raised_by_us(error: BaseException) -> bool:

@@ -90,6 +90,7 @@ class SearchConfig(runtime.ModeConfig):
             raise ValueError(
                 f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"
             )
+        runtime.checked_int("seed", self.seed, 0, runtime.MAX_SEED)
         self.params(self.w1[0], self.theta_alpha[0], self.theta_beta[0])  # w2, theta_gamma
 
     def params(self, w1: float, theta_alpha: float, theta_beta: float) -> CRFParams:
@@ -302,7 +303,8 @@ def load_best(path: str | Path) -> tuple[CRFParams, list[int]]:
     """The parameters a finished search chose, and its tuning images, from its JSON file.
 
     Raises:
-        ValueError: if the file is not a finished search (no ``best``).
+        ValueError: if the file is not a finished search (no ``best``), or an entry is not what
+            :func:`search` writes (naming the file and the entry).
     """
     try:
         saved = json.loads(Path(path).read_text())
@@ -312,4 +314,13 @@ def load_best(path: str | Path) -> tuple[CRFParams, list[int]]:
         raise ValueError(
             f"{path} is not a finished CRF search (no 'best' entry): run crf-search to the end"
         )
-    return CRFParams(**saved["best"]), list(saved.get("images", []))
+    best = CRFParams(**runtime.checked_fields(CRFParams, saved["best"], f"{path}, entry 'best'"))
+    images = saved.get("images", [])
+    if not isinstance(images, list) or not all(_is_index(i) for i in images):
+        raise ValueError(f"{path}, entry 'images': expected a list of image indices (ints >= 0), "
+                         f"got {images!r:.80}")  # fmt: skip
+    return best, images
+
+
+def _is_index(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

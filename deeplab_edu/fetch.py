@@ -20,10 +20,13 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from http.client import HTTPException
 from pathlib import Path
 from typing import IO
 
 from tqdm import tqdm
+
+from deeplab_edu.outputs import sweep_temporaries, temporary_path
 
 
 class ChecksumError(ValueError):
@@ -73,6 +76,8 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     On success the file is flushed, ``fsync``-ed and renamed over ``path``, and the folder is
     ``fsync``-ed so that the rename itself survives a power cut (POSIX). On any exception,
     ``KeyboardInterrupt`` included, the temporary file is deleted and ``path`` is untouched.
+    A temporary of ``path`` left by a process that was killed is removed first
+    (:func:`~deeplab_edu.outputs.sweep_temporaries`).
 
     Args:
         path: the destination; its folder is created.
@@ -83,7 +88,8 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    sweep_temporaries(path)  # a dead process's half-written copy (a killed save) goes first
+    temporary = temporary_path(path)
     try:
         with open(temporary, mode) as handle:
             yield handle
@@ -111,8 +117,10 @@ def download(
 ) -> Path:
     """Download ``url`` to ``destination`` unless a verified copy is already there.
 
-    The bytes go to a temporary file (:func:`atomic_write`) and are verified before the file is
-    renamed into place, so an interrupted or corrupt download never looks complete.
+    The bytes go to a temporary file (:func:`atomic_write`) and are hashed as they arrive; the
+    file is renamed into place only when the transfer ended and the digest matches, so an
+    interrupted, truncated or corrupt download never looks complete. Any failure (no host, a
+    reset connection, a short or wrong file) moves on to the next URL.
 
     Args:
         url: where to fetch from (``http(s)://`` or ``file://``).
@@ -125,32 +133,67 @@ def download(
         ``destination``.
 
     Raises:
-        ConnectionError: if every URL failed (says where to put a manually fetched copy).
-        ChecksumError: if a downloaded file has the wrong checksum.
+        IsADirectoryError: if ``destination`` is a folder (before any transfer).
+        ConnectionError: if every URL failed (each one's reason, and where to put a manually
+            fetched copy).
+        ChecksumError: if a file placed at ``destination`` by hand has the wrong checksum, or
+            every URL gave a wrong or short file.
     """
     destination = Path(destination)
+    if destination.is_dir():
+        raise IsADirectoryError(
+            f"the download destination {destination} is a folder; expected the path of the "
+            f"file to write (e.g. {destination / Path(url).name})"
+        )
     if destination.is_file():
         # a file someone put there by hand must be the right one
         verify(destination, checksum, algorithm)
         return destination
-    errors = []
-    for source in (url, *mirrors):
+    if len(checksum) < 8:
+        raise ValueError(f"a checksum needs at least 8 hex digits, got {checksum!r}")
+    errors: list[Exception] = []
+    sources = (url, *mirrors)
+    for source in sources:
         try:
-            with atomic_write(destination) as out, urllib.request.urlopen(source, timeout=60) as r:
-                total = int(r.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name) as bar:
-                    while block := r.read(1 << 20):
-                        out.write(block)
-                        bar.update(len(block))
-                out.flush()
-                verify(out.name, checksum, algorithm)  # before the rename: never a bad file
-        except (urllib.error.URLError, OSError, TimeoutError) as error:
-            errors.append(f"{source}: {error}")
+            with atomic_write(destination) as out:
+                _transfer(source, out, checksum, algorithm, destination.name)
+        except (urllib.error.URLError, OSError, TimeoutError, HTTPException, ChecksumError) as e:
+            errors.append(e)
             continue
         return destination
-    raise ConnectionError(
-        f"could not download {destination.name} ({'; '.join(errors)}). The host may be down. "
-        f"Fetch the file from any mirror yourself and save it as {destination} (its "
-        f"{algorithm.upper()} must start with {checksum}); it will then be verified and used "
-        "without downloading."
+    # every source was tried: a wrong file from each is a checksum error, else a connection one
+    kind = ChecksumError if all(isinstance(e, ChecksumError) for e in errors) else ConnectionError
+    reasons = "; ".join(f"{s}: {e}" for s, e in zip(sources, errors, strict=True))
+    cause = "" if kind is ChecksumError else " The host may be down."
+    raise kind(
+        f"could not download {destination.name} ({reasons}).{cause} Fetch the file from any "
+        f"mirror yourself and save it as {destination} (its {algorithm.upper()} must start with "
+        f"{checksum}); it will then be verified and used without downloading."
     )
+
+
+def _transfer(source: str, out: IO[bytes], checksum: str, algorithm: str, name: str) -> None:
+    """Copy ``source`` into ``out``, hashing as it goes.
+
+    Raises:
+        ChecksumError: if fewer bytes came than the server announced, or the digest differs
+            (the message names the URL, never the temporary file).
+    """
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    received = 0
+    with urllib.request.urlopen(source, timeout=60) as response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=name) as bar:
+            while block := response.read(1 << 20):
+                out.write(block)
+                digest.update(block)
+                received += len(block)
+                bar.update(len(block))
+    if total is not None and received != total:
+        raise ChecksumError(f"the transfer stopped after {received} of {total} bytes")
+    actual = digest.hexdigest()
+    if not actual.startswith(checksum.lower()):
+        raise ChecksumError(
+            f"the {received} bytes received have {algorithm.upper()} {actual}, expected "
+            f"{checksum} (truncated, or not the published file)"
+        )

@@ -177,7 +177,8 @@ def trimap_band(target: torch.Tensor, width: int, ignore_index: int = IGNORE_IND
 
     Args:
         target: ``(H, W)`` or ``(B, H, W)`` integer labels.
-        width: band half-width in pixels, a non-negative int.
+        width: band half-width in pixels, a non-negative int (any: from the image's side on,
+            the band is every pixel of an image with a void pixel).
         ignore_index: the void label.
 
     Returns:
@@ -195,7 +196,10 @@ def trimap_band(target: torch.Tensor, width: int, ignore_index: int = IGNORE_IND
         raise ValueError(f"width must be a non-negative int, got {width!r}")
     void = (target == ignore_index).float()
     batch = void if target.ndim == 3 else void[None]  # (B, H, W)
-    band = F.max_pool2d(batch[:, None], 2 * width + 1, stride=1, padding=width)[:, 0]
+    if width >= max(batch.shape[1:]) - 1:  # the band reaches every pixel from any void pixel
+        band = batch.amax(dim=(1, 2), keepdim=True).expand_as(batch)
+    else:  # (a wider pooling window would only cost time, and overflow for huge widths)
+        band = F.max_pool2d(batch[:, None], 2 * width + 1, stride=1, padding=width)[:, 0]
     return (band > 0).reshape(target.shape)
 
 

@@ -31,18 +31,13 @@ import torch
 from torch import nn
 
 from deeplab_edu import runtime
-from deeplab_edu.checkpoint import (
-    FORMAT_VERSION,
-    METRICS_LOG,
-    load_checkpoint,
-    locked,
-    save_checkpoint,
-)
+from deeplab_edu.checkpoint import FORMAT_VERSION, METRICS_LOG, load_checkpoint, save_checkpoint
 from deeplab_edu.data import voc_dir
 from deeplab_edu.data.voc import VOCSegmentation
 from deeplab_edu.evaluate import EvalConfig, evaluate
 from deeplab_edu.fetch import atomic_write, file_digest
 from deeplab_edu.models import deeplab
+from deeplab_edu.outputs import locked
 from deeplab_edu.train import TrainConfig, train
 
 
@@ -69,7 +64,7 @@ def load_trained(
             f"{path} has no training configuration or weights: expected a checkpoint written by "
             "deeplab_edu.train (python -m deeplab_edu train)"
         )
-    config = TrainConfig.from_dict(state["config"])
+    config = TrainConfig.from_dict(state["config"], f"{path}, its training configuration")
     if variant is not None and variant != config.variant:
         raise ValueError(
             f"{path} holds a {config.variant!r} checkpoint (width={config.width}), "

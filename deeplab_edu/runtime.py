@@ -22,6 +22,8 @@ import functools
 import os
 import random
 import time
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -34,6 +36,7 @@ FAST_ENV = "DEEPLAB_EDU_FAST"
 DATA_ENV = "DEEPLAB_EDU_DATA"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+MAX_SEED = 2**63 - 1  # the largest seed every generator takes (torch's is a signed 64-bit int)
 
 
 def fast_mode() -> bool:
@@ -111,8 +114,8 @@ def seed_everything(seed: int) -> torch.Generator:
     Raises:
         TypeError: if ``seed`` is not an int.
     """
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise TypeError(f"seed must be a non-negative int, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise TypeError(f"seed must be an int in [0, 2**63 - 1], got {seed!r}")
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 (the legacy global stream readers may use)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -162,20 +165,89 @@ class ModeConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Self:
-        """Inverse of :meth:`to_dict`; unknown keys are an error.
+    def from_dict(cls, values: dict[str, Any], source: str = "the values") -> Self:
+        """Inverse of :meth:`to_dict`, every field's type checked (:func:`checked_fields`).
 
         Raises:
-            ValueError: naming the unknown keys.
+            ValueError: naming ``source`` and the unknown or mistyped field.
         """
-        fields = {field.name: field for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(fields)}")
-        return cls(**{
-            k: tuple(v) if isinstance(v, list) and "tuple" in str(fields[k].type) else v
-            for k, v in values.items()
-        })  # fmt: skip
+        return cls(**checked_fields(cls, values, source))
+
+
+def checked_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """``value`` if it is an int in ``[low, high]`` (no upper bound if ``high`` is None).
+
+    Raises:
+        ValueError: naming ``name``, the range and the value.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value >= low and (high is None or value <= high):
+            return value
+    bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+    raise ValueError(f"{name} must be an int {bound}, got {value!r}")
+
+
+def checked_fields(cls: type, values: Any, source: str) -> dict[str, Any]:
+    """The keyword arguments of the dataclass ``cls`` that ``values`` (read from a file: JSON,
+    a checkpoint) holds, each checked against its field's annotation; JSON lists become tuples.
+
+    Args:
+        cls: a dataclass whose fields are plain types (bool, int, float, str, None, tuples and
+            unions of them).
+        values: what was read.
+        source: the file (and entry) it was read from, for the messages.
+
+    Raises:
+        ValueError: if ``values`` is not a dict, has a key that is not a field, or a value of
+            another type than its field's (naming ``source``, the field, the type and the value).
+    """
+    if not isinstance(values, dict):
+        raise ValueError(f"{source}: expected a mapping of {cls.__name__} fields, got "
+                         f"{type(values).__name__} {values!r:.80}")  # fmt: skip
+    hints = typing.get_type_hints(cls)
+    names = [field.name for field in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names), key=str)
+    if unknown:
+        raise ValueError(f"{source}: unknown {cls.__name__} fields {unknown}; known: {names}")
+    for name, value in values.items():
+        if not _fits(value, hints[name]):
+            raise ValueError(f"{source}: field {name!r} must be {_spelled(hints[name])}, got "
+                             f"{value!r:.80}")  # fmt: skip
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a value read from JSON is of the annotated type (an int is a float too)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(item, args[0]) for item in value)
+        return len(value) == len(args) and all(map(_fits, value, args))
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is type(None):
+        return value is None
+    return isinstance(value, hint)
+
+
+def _spelled(hint: Any) -> str:
+    """A type annotation in words: ``int | None`` -> ``an int or null``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_spelled(arg) for arg in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_spelled(args[0]).split(' ', 1)[1]}s"
+        return f"a list of {len(args)} numbers" if float in args else f"a list of {len(args)}"
+    words = {bool: "true or false", int: "an int", float: "a number", str: "a string",
+             type(None): "null"}  # fmt: skip
+    return words.get(hint, f"a {getattr(hint, '__name__', hint)}")
 
 
 def describe(dataset: str) -> str:

@@ -35,13 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from deeplab_edu import runtime
-from deeplab_edu.checkpoint import (
-    METRICS_LOG,
-    load_checkpoint,
-    run_lock,
-    save_checkpoint,
-    truncate_log,
-)
+from deeplab_edu.checkpoint import METRICS_LOG, load_checkpoint, save_checkpoint, truncate_log
 from deeplab_edu.data import voc_dir
 from deeplab_edu.data.sampling import Batches, Dataset, Samples, derived_seed
 from deeplab_edu.data.transforms import TrainTransform, subsample_labels
@@ -50,9 +44,13 @@ from deeplab_edu.models import deeplab
 from deeplab_edu.models.deeplab import MSC_PREFIX, NEW_LAYER_PREFIXES, DeepLab
 from deeplab_edu.models.field import OUTPUT_STRIDE
 from deeplab_edu.models.pretrained import initialise
+from deeplab_edu.outputs import refuse_foreign, run_lock, sweep_temporaries
 
 # settings that do not change the result, and so may differ when a run is resumed
 RESUMABLE_CHANGES = ("num_workers", "checkpoint_every")
+# bounds on what a run may ask for (beyond them a tensor's size overflows or memory runs out
+# long before the first step): the paper's batch is 20 and its crop 321
+MAX_BATCH, MAX_CROP, MAX_WORKERS = 1024, 2049, 64
 
 
 @dataclass
@@ -100,10 +98,12 @@ class TrainConfig(runtime.ModeConfig):
                 "iterations, batch_size and checkpoint_every must be >= 1, got "
                 f"{self.iterations}, {self.batch_size}, {self.checkpoint_every}"
             )
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        runtime.checked_int("seed", self.seed, 0, runtime.MAX_SEED)
+        runtime.checked_int("num_workers", self.num_workers, 0, MAX_WORKERS)
+        runtime.checked_int("batch_size", self.batch_size, 1, MAX_BATCH)
         if self.crop < OUTPUT_STRIDE + 1:
             raise ValueError(f"crop must be at least {OUTPUT_STRIDE + 1} pixels, got {self.crop}")
+        runtime.checked_int("crop", self.crop, OUTPUT_STRIDE + 1, MAX_CROP)
         if not (math.isfinite(self.lr) and self.lr > 0) or self.lr_step < 1:
             raise ValueError(f"lr must be finite and > 0 and lr_step >= 1, got {self.lr}, "
                              f"{self.lr_step}")  # fmt: skip
@@ -250,6 +250,7 @@ def train(
     # one run per folder at a time (rank 0 holds it for every process of a torchrun)
     with run_lock(out_dir) if rank == 0 else contextlib.nullcontext():
         path = out_dir / "checkpoint.pt"
+        sweep_temporaries(path)  # a checkpoint half-written by a killed run
         runtime.seed_everything(config.seed)
         model = build_model(config, vgg_state_dict=vgg_state_dict).to(device)
         optimizer = make_optimizer(model, config)
@@ -365,23 +366,19 @@ def _resume(
 
 def _refuse_foreign_files(out_dir: Path, config: TrainConfig) -> None:
     """A folder without a checkpoint may hold only this run's own start (its ``config.json``,
-    equal to ``config``, and its log): never overwrite another run's files.
+    equal to ``config``: the run's manifest, and its log): never overwrite another run's files.
 
     Raises:
-        FileExistsError: naming the files and what to do.
+        FileExistsError: naming the file and what to do.
     """
     saved = out_dir / "config.json"
     try:
         own = saved.is_file() and json.loads(saved.read_text()) == config.to_dict()
     except (OSError, UnicodeDecodeError, ValueError):
         own = False
-    foreign = [out_dir / name for name in ("config.json", METRICS_LOG)
-               if (out_dir / name).exists() and not own]  # fmt: skip
-    if foreign:
-        raise FileExistsError(
-            f"{out_dir} holds {', '.join(p.name for p in foreign)} but no checkpoint.pt, from "
-            "another run or another configuration; train into another folder (or delete them)"
-        )
+    writer = "this run (it is another run's or configuration's, and there is no checkpoint.pt)"
+    for name in ("config.json", METRICS_LOG):
+        refuse_foreign(out_dir / name, owned=own, writer=writer, force=None)
 
 
 def _check_finite(model: nn.Module, loss: float, iteration: int, config: TrainConfig) -> None:

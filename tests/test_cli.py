@@ -67,7 +67,7 @@ def test_make_toy_data(tmp_path, capsys):
                  "--size", "32"]) == 0  # fmt: skip
     assert len((out / "ImageSets" / "Segmentation" / "train.txt").read_text().split()) == 2
     assert main(["make-toy-data", "--out", str(out), "--n-train", "0"]) == 2
-    assert "--n-train must be >= 1, got 0" in capsys.readouterr().err
+    assert "n_train must be an int in [1, 100000], got 0" in capsys.readouterr().err
 
 
 def test_train_writes_a_run_and_rejects_bad_values(run, toy_dir, tmp_path, capsys):
@@ -231,7 +231,7 @@ def test_evaluate_never_overwrites_its_inputs_or_foreign_files(run, tmp_path, ca
     args = ["evaluate", "--fast", "--checkpoint", str(checkpoint), "--out", str(notes),
             "--max-images", "1", "--no-crf", "--no-progress"]  # fmt: skip
     assert main(args) == 2
-    assert "not a results JSON written by evaluate" in capsys.readouterr().err
+    assert "notes.json exists and was not written by evaluate" in capsys.readouterr().err
     assert notes.read_text() == '{"my": "notes"}'
     assert main([*args, "--force"]) == 0 and "miou" in json.loads(notes.read_text())
     assert main(args) == 0  # its own results JSON is replaced without --force

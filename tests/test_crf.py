@@ -124,6 +124,43 @@ def test_reused_buffers_change_no_result():
     assert torch.equal(q, kept) and torch.equal(message(q), one)
 
 
+def test_memory_savings_change_no_result(monkeypatch):
+    # what saves memory on large images must not change a single value: int32 index tables
+    # (against int64 ones), the blur into a reused buffer (against fresh tensors, as autograd
+    # gets them) and the per-point tables dropped once the fused matrices hold them
+    image, mask = two_region_scene(30, 36)
+    probs = simulate_unaries(mask.numpy(), num_classes=4, stride=4, noise=0.2, seed=2)
+    features = [appearance_features(image, 10.0, 13.0), smoothness_features(30, 36, 3.0)]
+    narrow = [PermutohedralLattice(f) for f in features]
+    monkeypatch.setattr(permutohedral, "_INT32_LIMIT", 0)  # int64 everywhere
+    wide = [PermutohedralLattice(f) for f in features]
+    monkeypatch.undo()
+    for small, large in zip(narrow, wide, strict=True):
+        assert small.offsets.dtype == small.neighbours.dtype == torch.int32
+        assert large.offsets.dtype == large.neighbours.dtype == torch.int64
+        assert torch.equal(small.offsets.long(), large.offsets)
+        assert torch.equal(small.neighbours.long(), large.neighbours)
+        assert torch.equal(small._splat_order.long(), large._splat_order)
+        padded = torch.cat([torch.rand(small.num_vertices, 4), torch.zeros(1, 4)])
+        work = torch.full((2, small.num_vertices, 4), float("nan"))  # stale contents: unused
+        assert torch.equal(small.blur_(padded.clone(), work), large.blur_(padded.clone()))
+    q = torch.softmax(torch.randn(30 * 36, 4), 1)
+    message = PairwiseMessage(narrow, (4, 3), "symmetric")
+    reused = message(q).clone()
+    assert torch.equal(reused, PairwiseMessage(wide, (4, 3), "symmetric")(q))
+    assert torch.equal(reused, message(q.clone().requires_grad_()).detach())  # fresh tensors
+    for lattice in narrow:
+        lattice.drop_point_tables()
+    assert torch.equal(message(q), reused)
+    # dense_crf drops its lattices' tables: the same Q as a mean field that keeps them
+    unary = -torch.log(probs.clamp(1e-5, 1.0)).reshape(4, -1).T.contiguous()
+    kept = PairwiseMessage([PermutohedralLattice(f) for f in features], (4, 3), "symmetric")
+    q_kept = iterate(unary, kept, 5)[0].T.reshape(4, 30, 36)
+    params = {"w1": 4, "theta_alpha": 10.0, "theta_beta": 13.0, "w2": 3, "theta_gamma": 3.0}
+    q_crf = dense_crf(image, probs, iterations=5, normalization="symmetric", **params)
+    assert torch.equal(q_crf, q_kept)
+
+
 def test_lattice_gain_predicts_the_unnormalised_mass():
     # dense points far from the boundary: the lattice's total mass / the Gaussian's is gain()
     y, x = torch.meshgrid(torch.arange(60.0), torch.arange(60.0), indexing="ij")

@@ -77,6 +77,42 @@ def test_interrupted_download_never_counts_as_complete(tmp_path, payload, monkey
     assert list(tmp_path.iterdir()) == [tmp_path / "source"]
 
 
+def test_a_truncated_transfer_moves_on_to_the_next_mirror(tmp_path, payload, monkeypatch):
+    source, md5 = payload
+    data = source.read_bytes()
+    real_urlopen = urllib.request.urlopen
+
+    class Short(io.BytesIO):  # announces every byte, sends half, ends without an error
+        headers = {"Content-Length": str(len(data))}
+
+        def __exit__(self, *args):
+            return False
+
+    def urlopen(url, timeout):
+        return Short(data[: len(data) // 2]) if url.startswith("https://") else real_urlopen(url)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    destination = tmp_path / "out" / "data.bin"
+    mirror = source.as_uri()
+    assert fetch.download("https://first.invalid/d", destination, md5, mirrors=(mirror,))
+    assert destination.read_bytes() == data
+    # with no mirror left: one error naming the URL and the byte counts, no temporary file
+    destination.unlink()
+    with pytest.raises(fetch.ChecksumError, match=r"first.invalid/d: the transfer stopped") as e:
+        fetch.download("https://first.invalid/d", destination, md5)
+    assert ".tmp" not in str(e.value) and "delete it" not in str(e.value)
+    assert list(destination.parent.iterdir()) == []
+
+
+def test_a_folder_destination_is_refused_before_any_transfer(tmp_path, monkeypatch):
+    def urlopen(url, timeout):
+        raise AssertionError("nothing may be fetched")
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path} is a folder; expected the path"):
+        fetch.download("https://example.invalid/data.bin", tmp_path, "0" * 32)
+
+
 def test_a_file_placed_by_hand_is_verified(tmp_path, payload):
     source, md5 = payload
     destination = tmp_path / "data.bin"

@@ -11,11 +11,12 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "deeplab_edu"
 
-# runtime -> fetch/checkpoint -> data/models -> crf/metrics -> train/evaluate/search/runs/viz
-# -> cli; a module may import from its own layer or any layer below it
+# runtime/outputs -> fetch/checkpoint -> data/models -> crf/metrics -> train/evaluate/search/
+# runs/viz -> cli; a module may import from its own layer or any layer below it
 LAYERS = {
     "deeplab_edu": 0,
     "deeplab_edu.runtime": 0,
+    "deeplab_edu.outputs": 0,
     "deeplab_edu.fetch": 1,
     "deeplab_edu.checkpoint": 1,
     "deeplab_edu.data": 2,

@@ -4,7 +4,12 @@ robustness review (each failed before its fix)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +21,11 @@ import deeplab_edu.data.toy as toy
 from deeplab_edu.checkpoint import load_checkpoint, read_metrics, save_checkpoint
 from deeplab_edu.cli import main
 from deeplab_edu.crf import dense_crf, simulate_unaries
+from deeplab_edu.crf.rnn import MeanFieldCRF
 from deeplab_edu.crf_search import SearchConfig
 from deeplab_edu.data.toy import make_toy_voc
-from deeplab_edu.data.voc import VOCSegmentation, read_mask, write_mask
+from deeplab_edu.data.voc import IGNORE_INDEX, VOCSegmentation, read_mask, write_mask
+from deeplab_edu.metrics import trimap_band
 from deeplab_edu.models import deeplab
 from deeplab_edu.train import TrainConfig, train
 
@@ -134,16 +141,67 @@ def test_foreseeable_failures_are_one_line(toy_dir, tmp_path, capsys, monkeypatc
         (["crf-search", "--checkpoint", str(checkpoint), "--out", str(search_state),
           "--num-images", "1"], "not a CRF search state"),
         (["train", *tiny, "--dataset", str(toy_dir), "--seed", "-1", "--out", str(tmp_path / "s")],
-         "seed must be a non-negative"),
+         "seed must be an int in [0, "),
         (["evaluate", "--checkpoint", str(checkpoint), "--max-images", "0",
           "--out", str(tmp_path / "r.json")], "max_images"),
         (["train", *tiny, "--lr", "inf", "--dataset", str(toy_dir), "--out", str(tmp_path / "t")],
          "lr must be finite"),
+        # out-of-range numbers: typed ranges, not crashes inside torch or numpy
+        (["train", *tiny, "--num-workers", "-1", "--dataset", str(toy_dir),
+          "--out", str(tmp_path / "u")], "num_workers must be an int in [0, 64], got -1"),
+        (["train", *tiny, "--seed", str(2**70), "--dataset", str(toy_dir),
+          "--out", str(tmp_path / "u")], "seed must be an int in [0, 9223372036854775807]"),
+        (["train", *tiny, "--crop", str(10**9), "--dataset", str(toy_dir),
+          "--out", str(tmp_path / "u")], "crop must be an int in [9, 2049]"),
+        (["train", *tiny, "--batch-size", str(10**6), "--dataset", str(toy_dir),
+          "--out", str(tmp_path / "u")], "batch_size must be an int in [1, 1024]"),
+        (["crf-search", "--checkpoint", str(checkpoint), "--seed", "-1",
+          "--out", str(tmp_path / "s2.json")], "seed must be an int in [0, "),
+        (["make-toy-data", "--out", str(tmp_path / "big"), "--size", str(10**9)],
+         "size must be an int in [32, 4096]"),
     ]  # fmt: skip
+    # every JSON field the command line reads is checked, naming the file and the field
+    for number, (content, message) in enumerate(
+        (
+            ({"best": 5}, "entry 'best': expected a mapping of CRFParams"),
+            ({"best": {"w1": "x"}}, "entry 'best': field 'w1' must be a number"),
+            ({"best": {"bogus": 1}}, "entry 'best': unknown CRFParams fields ['bogus']"),
+            ({"best": {}, "images": "abc"}, "entry 'images': expected a list"),
+        )
+    ):
+        best = tmp_path / f"best{number}.json"
+        best.write_text(json.dumps(content))
+        argv = ["evaluate", "--checkpoint", str(checkpoint), "--crf-from", str(best), "--out",
+                str(tmp_path / "r.json")]  # fmt: skip
+        cases.append((argv, f"{best}, {message}"))
+    for field, value, kind in (
+        ("width", "wide", "a number"),
+        ("iterations", "x", "an int"),
+        ("dataset", 5, "a string"),
+        ("scale", [1], "a list of 2 numbers"),
+    ):
+        edited = {k: v for k, v in state.items() if k not in ("format", "sha256")}
+        edited["config"] = {**state["config"], field: value}
+        path = save_checkpoint(edited, tmp_path / f"edited-{field}.pt")
+        cases.append(
+            (
+                ["evaluate", "--checkpoint", str(path), "--out", str(tmp_path / "r.json")],
+                f"{path}, its training configuration: field {field!r} must be {kind}",
+            )
+        )
+    # an error met in a DataLoader worker is the same one line as with 0 workers
+    broken = tmp_path / "broken"
+    shutil.copytree(toy_dir, broken)
+    sorted((broken / "JPEGImages").iterdir())[0].write_bytes(b"not a JPEG")
+    for workers in ("0", "2"):
+        cases.append((["train", *tiny, "--dataset", str(broken), "--num-workers", workers,
+                       "--iterations", "2", "--out", str(tmp_path / f"w{workers}")],
+                      "toy_train_00000.jpg: not a readable image"))  # fmt: skip
     for argv, message in cases:
         assert main(argv) == 2, argv
         error = capsys.readouterr().err
         assert message in error and "Traceback" not in error, (argv, error)
+        assert len(error.strip().splitlines()) == 1, error
     monkeypatch.setenv("DEEPLAB_EDU_DATA", str(bare))  # a data root that is a file
     assert main(["make-toy-data"]) == 2
     assert "Traceback" not in capsys.readouterr().err
@@ -189,3 +247,70 @@ def test_hostile_list_files_and_masks(tmp_path, toy_dir, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels > 2x the limit
     with pytest.raises(ValueError, match="not a readable PNG mask"):
         read_mask(mask)
+
+
+def test_the_crf_layer_in_every_float_dtype_and_an_empty_batch():
+    torch.manual_seed(0)
+    image = torch.randint(0, 255, (1, 12, 10, 3), dtype=torch.uint8)
+    logits = torch.randn(1, 4, 12, 10)
+    for method in ("permutohedral", "naive"):
+        crf = MeanFieldCRF(4, method=method)
+        reference = crf(image, logits)
+        for dtype, tolerance in ((torch.float64, 1e-4), (torch.float16, 0.05),
+                                 (torch.bfloat16, 0.05)):  # fmt: skip
+            q = crf(image, logits.to(dtype))  # half precisions: computed in float32
+            assert q.dtype == dtype, (method, dtype)
+            assert (q.float() - reference).abs().max() < tolerance, (method, dtype)
+        q = crf(image, logits.double().requires_grad_())
+        q.sum().backward()  # float64 gradients through both paths
+        empty = crf(image[:0], logits[:0])
+        assert empty.shape == (0, 4, 12, 10)
+    assert dense_crf(image[:0], torch.softmax(logits, 1)[:0]).shape == (0, 4, 12, 10)
+
+
+def test_bfloat16_softmax_of_21_classes_counts_as_probabilities():
+    torch.manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(21, 16, 16), dim=0).to(torch.bfloat16)
+    image = torch.randint(0, 255, (16, 16, 3), dtype=torch.uint8)
+    assert dense_crf(image, probs).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="must sum to 1"):  # scores are still refused
+        dense_crf(image, (3 * torch.randn(21, 16, 16)).abs().to(torch.bfloat16))
+
+
+def test_any_trimap_width_is_the_band_it_names():
+    target = torch.randint(0, 3, (2, 7, 9))
+    target[0, 3, 4] = IGNORE_INDEX
+    target[1, 6, 0] = IGNORE_INDEX
+    ys, xs = torch.meshgrid(torch.arange(7), torch.arange(9), indexing="ij")
+    for width in (0, 2, 7, 8, 9, 10**12):  # up to widths a pooling window would overflow at
+        expected = torch.zeros(2, 7, 9, dtype=torch.bool)
+        for b, y, x in (target == IGNORE_INDEX).nonzero().tolist():
+            expected[b] |= torch.maximum((ys - y).abs(), (xs - x).abs()) <= width
+        assert torch.equal(trimap_band(target, width), expected), width
+
+
+# -- leftovers of killed processes -----------------------------------------------------------------
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_writer(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process ID that no longer exists
+    checkpoint = tmp_path / "checkpoint.pt"
+    left = checkpoint.with_name(f".checkpoint.pt.tmp-{dead.pid}")
+    left.write_bytes(b"half of a checkpoint")  # killed while saving
+    live = checkpoint.with_name(f".checkpoint.pt.tmp-{os.getppid()}")
+    live.write_bytes(b"a live process is writing this")
+    other = tmp_path / f".other.pt.tmp-{dead.pid}"
+    other.write_bytes(b"another file's")
+    save_checkpoint({"iteration": 1}, checkpoint)
+    assert not left.exists()  # the dead writer's is gone; a live one's and other files' stay
+    assert live.exists() and other.exists() and load_checkpoint(checkpoint)["iteration"] == 1
+    # a training run sweeps its folder when it starts, before its first checkpoint
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = run / f".checkpoint.pt.tmp-{dead.pid}"
+    stale.write_bytes(b"x")
+    with pytest.raises(FileExistsError):  # (refused for another reason, after the sweep)
+        (run / "config.json").write_text("{}")
+        train(TrainConfig.fast(**TINY), run, progress=False)
+    assert not stale.exists()

@@ -32,6 +32,7 @@ _KEY_BITS = 62  # integer keys must fit in int64 with a margin
 _MAX_FEATURE = 2.0**15  # elevated coordinates stay far below float32's 2^24 integer limit
 _CHUNK = 2**15  # points per chunk of the per-point steps (their temporaries fit in a cache)
 _SORT32_RANGE = 2**31  # codes spanning less than this are sorted as 32-bit integers
+_INT32_LIMIT = 2**31 - 1  # index tables with fewer entries than this are stored as int32
 
 
 def elevate(features: torch.Tensor) -> torch.Tensor:
@@ -65,9 +66,9 @@ def _simplex(
     f: torch.Tensor, reduced: torch.Tensor, rank_out: torch.Tensor, weights: torch.Tensor
 ) -> None:
     """Steps 1-2 for ``(n, d)`` features: the enclosing simplex of each elevated point, written
-    into ``reduced`` (its remainder-0 vertex divided by d+1, ``(n, d)`` int64, the last
-    coordinate left out), ``rank_out`` (the rank of each coordinate, ``(n, d+1)`` int64) and
-    ``weights`` (the barycentric weights, ``(n, d+1)`` float32)."""
+    into ``reduced`` (its remainder-0 vertex divided by d+1, ``(n, d)`` integers, the last
+    coordinate left out), ``rank_out`` (the rank 0..d of each coordinate, ``(n, d+1)``
+    integers) and ``weights`` (the barycentric weights, ``(n, d+1)`` float32)."""
     n, d = f.shape
     down = 1.0 / (d + 1)
     elevated = elevate(f)  # (n, d+1)
@@ -109,11 +110,14 @@ class PermutohedralLattice:
         features: ``(N, d)`` float tensor of features already divided by their bandwidths.
 
     Attributes:
-        offsets: ``(N, d+1)`` int64 index of each point's simplex vertices.
+        offsets: ``(N, d+1)`` index of each point's simplex vertices.
         weights: ``(N, d+1)`` float32 barycentric weights (each row sums to 1).
         codes: ``(M,)`` sorted int64 codes of the M lattice vertices (see :attr:`keys`).
-        neighbours: ``(d+1, 2, M)`` int64 indices of each vertex's two neighbours along each
+        neighbours: ``(d+1, 2, M)`` indices of each vertex's two neighbours along each
             direction (the value M means "absent": that vertex received nothing).
+
+    Index tables (``offsets``, ``neighbours``) are int32, half the memory of int64 (a
+    1-megapixel image has 6 million offsets), unless N (d+1) passes 2^31 - 1: then int64.
 
     Raises:
         ValueError: if ``features`` is not a finite, non-empty ``(N, d)`` tensor with d >= 1,
@@ -137,10 +141,14 @@ class PermutohedralLattice:
         self.num_points, self.dim = n, d
         self.device = device = f.device
         self._d = d
+        # an index into N (d+1) entries fits int32 (half of int64's memory) unless N is huge
+        index = torch.int32 if n * (d + 1) <= _INT32_LIMIT else torch.int64
         # Steps 1-2 point by point, in chunks that stay in the CPU's cache (the temporaries of
-        # a whole 1-megapixel image would not): each point's simplex and barycentric weights
-        reduced = torch.empty(n, d, dtype=torch.int64, device=device)
-        rank = torch.empty(n, d + 1, dtype=torch.int64, device=device)
+        # a whole 1-megapixel image would not): each point's simplex and barycentric weights.
+        # Kept until the codes are made, compactly: reduced coordinates (small) as int32, ranks
+        # (0..d) as int8; 26 instead of 88 MB at 1 megapixel for d = 5
+        reduced = torch.empty(n, d, dtype=torch.int32, device=device)
+        rank = torch.empty(n, d + 1, dtype=torch.int8, device=device)
         self.weights = torch.empty(n, d + 1, dtype=torch.float32, device=device)
         for i in range(0, n, _CHUNK):  # a loop over chunks of points, not over points
             _simplex(f[i : i + _CHUNK], reduced[i : i + _CHUNK], rank[i : i + _CHUNK],
@@ -153,8 +161,8 @@ class PermutohedralLattice:
         # coordinates $\mathrm{rem0}_i/(d+1) - [\mathrm{rank}_i > d-q]$ (the last coordinate is
         # minus the sum of the others). Sorting the codes (``torch.sort``) replaces the hash
         # table of the C++ code.
-        self._lo = reduced.min(0).values - 2  # room for the shift and for neighbours (+-1)
-        self._span = reduced.max(0).values + 2 - self._lo
+        self._lo = reduced.min(0).values.to(torch.int64) - 2  # room for shifts, neighbours +-1
+        self._span = reduced.max(0).values.to(torch.int64) + 2 - self._lo
         bits = float(torch.log2(self._span.to(torch.float64)).sum()) + math.log2(d + 1)
         if bits > _KEY_BITS:
             raise ValueError(
@@ -165,28 +173,40 @@ class PermutohedralLattice:
         self._radix = spans.flip(0).cumprod(0).flip(0)  # (d,)
         q_codes = torch.empty(n, d + 1, dtype=torch.int64, device=device)
         for i in range(0, n, _CHUNK):
-            q_codes[i : i + _CHUNK] = self._codes(reduced[i : i + _CHUNK], rank[i : i + _CHUNK])
+            q_codes[i : i + _CHUNK] = self._codes(
+                reduced[i : i + _CHUNK].long(), rank[i : i + _CHUNK].long()
+            )
         del reduced, rank
         # Distinct vertices by one stable sort of the codes (vertices numbered in code order).
         # The sort also groups the (point, vertex) pairs by vertex, points in increasing order:
         # exactly the layout of the splat matrix. Codes are sorted as 32-bit integers (relative
-        # to the smallest) when their range allows: a third less time than 64-bit ones.
+        # to the smallest) when their range allows: a third less time than 64-bit ones, and
+        # half the memory (made in place, then narrowed: no second 64-bit copy).
         q_codes = q_codes.view(-1)  # (N*(d+1),)
         smallest = q_codes.min()
         if int(q_codes.max() - smallest) < _SORT32_RANGE:
-            relative, position = torch.sort((q_codes - smallest).to(torch.int32), stable=True)
-            sorted_codes = relative.to(torch.int64) + smallest
+            q_codes = q_codes.sub_(smallest).to(torch.int32)
         else:
-            sorted_codes, position = torch.sort(q_codes, stable=True)
+            smallest = torch.zeros_like(smallest)
+        sorted_codes, position = torch.sort(q_codes, stable=True)
+        del q_codes
         is_first = torch.ones_like(sorted_codes, dtype=torch.bool)
         is_first[1:] = sorted_codes[1:] != sorted_codes[:-1]
-        self.codes = sorted_codes[is_first]  # (M,) sorted
+        self.codes = sorted_codes[is_first].to(torch.int64) + smallest  # (M,) sorted
+        del sorted_codes
         self.num_vertices = m = self.codes.shape[0]
-        vertex = is_first.cumsum(0) - 1  # (N*(d+1),) vertex of each sorted pair
-        # the inverse of the sort's permutation (scatter_: 3x faster here than index_put_)
-        self.offsets = torch.empty_like(position).scatter_(0, position, vertex).view(n, d + 1)
-        starts = torch.nonzero(is_first)[:, 0]  # (M,) first pair of each vertex
-        self._splat_order, self._splat_starts = position, starts
+        # (N*(d+1),) vertex of each sorted pair, counted directly in the index type
+        vertex = torch.cumsum(is_first, 0, dtype=index).sub_(1)
+        # The two index tables kept per point, in one block of memory: row 0 the offsets, the
+        # inverse of the sort's permutation (scatter_: 3x faster here than index_put_); row 1
+        # the permutation itself, for the splat matrix. (One block of 48 MB at 1 megapixel,
+        # which the C library maps on its own and returns whole when drop_point_tables frees
+        # it; blocks under 32 MB live in its heap, which keeps freed memory resident.)
+        tables = vertex.new_empty(2, n * (d + 1))
+        self.offsets = tables[0].scatter_(0, position, vertex).view(n, d + 1)
+        self._splat_order = tables[1].copy_(position)
+        self._splat_starts = torch.nonzero(is_first)[:, 0]  # (M,) first pair of each vertex
+        del vertex, position, tables
 
         # Neighbours along direction j: all coordinates -1 except coordinate j, which gets +d
         # (for j = d only the implicit last coordinate gets +d); and the opposite step. In
@@ -195,8 +215,8 @@ class PermutohedralLattice:
         remainder, r_number = self.codes % (d + 1), self.codes // (d + 1)
         total = self._radix.sum()
         wraps = remainder == 0
-        vertices = torch.arange(m, device=device)
-        neighbours = torch.full((d + 1, 2, m + 1), m, dtype=torch.int64, device=device)
+        vertices = torch.arange(m, device=device, dtype=index)
+        neighbours = torch.full((d + 1, 2, m + 1), m, dtype=index, device=device)
         for direction in range(d + 1):  # a loop over the d+1 axes, not over points
             radix_j = self._radix[direction] if direction < d else torch.zeros_like(total)
             minus = torch.where(wraps, r_number - (total - radix_j), r_number + radix_j)
@@ -242,8 +262,10 @@ class PermutohedralLattice:
         """``(N, C)`` point values -> ``(M, C)`` vertex values."""
         out = values.new_zeros(self.num_vertices, values.shape[1])
         for q in range(self._d + 1):  # the d+1 vertices of each simplex
-            # $V_{v(i,q)} \mathrel{+}= b_{iq}\, v_i$
-            out.index_add_(0, self.offsets[:, q], values * self.weights[:, q : q + 1])
+            # $V_{v(i,q)} \mathrel{+}= b_{iq}\, v_i$ (index_add_ wants int64 indices: with the
+            # stored int32 ones it takes a path ten times slower)
+            index = self.offsets[:, q].long()
+            out.index_add_(0, index, values * self.weights[:, q : q + 1])
         return out
 
     def blur(self, vertex_values: torch.Tensor) -> torch.Tensor:
@@ -253,11 +275,20 @@ class PermutohedralLattice:
         padded[:m] = vertex_values
         return self.blur_(padded)[:m]
 
-    def blur_(self, padded: torch.Tensor) -> torch.Tensor:
-        """:meth:`blur` in place on ``(M+1, C)`` values whose last row is zero (and stays so)."""
+    def blur_(self, padded: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`blur` in place on ``(M+1, C)`` values whose last row is zero (and stays so).
+
+        ``work``, a ``(2, M, C)`` buffer, receives the gathered neighbours instead of two fresh
+        ``(M, C)`` tensors per direction: on a megapixel image, such blocks freed and allocated
+        again and again leave the C library's heap fragmented, 100+ MB of it resident.
+        """
         m = self.num_vertices
         for n1, n2 in self.neighbours:  # one pass per lattice direction
-            both = padded.index_select(0, n1).add_(padded.index_select(0, n2))  # (M, C)
+            if work is None:  # fresh tensors (autograd needs them)
+                both = padded.index_select(0, n1).add_(padded.index_select(0, n2))  # (M, C)
+            else:  # the same sums in the reused buffer
+                both = torch.index_select(padded, 0, n1, out=work[0])
+                both.add_(torch.index_select(padded, 0, n2, out=work[1]))
             # $V_v \leftarrow V_v + \frac12 (V_{v - e_j} + V_{v + e_j})$
             padded[:m].add_(both, alpha=0.5)
         return padded
@@ -286,6 +317,14 @@ class PermutohedralLattice:
         volume = 1.5 ** (d / 2) / math.sqrt(d + 1)
         return volume * 2.0 ** (d + 1) * self.alpha / (2.0 * math.pi) ** (d / 2)
 
+    # -- memory -------------------------------------------------------------------------------
+    def drop_point_tables(self) -> None:
+        """Free the per-point tables (``offsets``, ``weights`` and the splat order) once a
+        :class:`LatticeSum` has copied them into its matrices: 108 MB for the CRF's two lattices
+        at 1 megapixel. The lattice can still :meth:`blur_` (all a :class:`LatticeSum` needs of
+        it), but no longer splat, slice or filter."""
+        self.offsets = self.weights = self._splat_order = None
+
 
 class LatticeSum:
     """$\\sum_m \\mathrm{diag}(b_m)\\, K_m\\, \\mathrm{diag}(a_m)$ for several lattices over the
@@ -300,8 +339,9 @@ class LatticeSum:
     Splat and slice become sparse CSR matrices (MKL on CPU, cuSPARSE on CUDA): one sparse x dense
     product each, several times faster than the scattered additions of
     :meth:`PermutohedralLattice.splat`, which compute the same sums step by step. The vertex
-    values live in one buffer reused by every call (unless autograd needs them): on a
-    megapixel image a fresh buffer per call costs more in page faults than the blur itself.
+    values and the blur's gathered neighbours live in buffers reused by every call (unless
+    autograd needs fresh tensors): on a megapixel image a fresh buffer per call costs more in
+    page faults than the blur itself, and leaves the C library's heap fragmented.
     """
 
     def __init__(
@@ -314,58 +354,81 @@ class LatticeSum:
         if any(lattice.num_points != n for lattice in lattices):
             raise ValueError("all lattices must be built on the same points")
         self.lattices = lattices
-        crows, cols, splat_values, slice_cols, slice_values = [], [], [], [], []
-        start, nnz = 0, 0
+        per_row = sum(lattice.dim + 1 for lattice in lattices)  # non-zeros per point
+        device = lattices[0].offsets.device
+        # 32-bit indices when they fit: less memory traffic, about 8% faster products, and
+        # half the memory
+        index = torch.int32 if n * per_row <= _INT32_LIMIT else torch.int64
+        # Both matrices are written in place, lattice by lattice, rather than concatenated from
+        # per-lattice pieces: their indices and values never exist twice (at 1 megapixel the
+        # pieces and the concatenations took about 200 MB more than the matrices)
+        splat_cols = torch.empty(n * per_row, dtype=index, device=device)
+        splat_values = torch.empty(n * per_row, dtype=torch.float32, device=device)
+        slice_cols = torch.empty(n, per_row, dtype=index, device=device)
+        slice_values = torch.empty(n, per_row, dtype=torch.float32, device=device)
+        crows = []
+        start, nnz, column = 0, 0, 0
         self.segments = []  # rows [start, start + M + 1) of the stacked vertex values
         for lattice, a, b in zip(lattices, inner, outer, strict=True):
             d, order = lattice.dim, lattice._splat_order
             # splat rows: one per vertex, listing the points that splat onto it; then one more,
             # empty row: the zero "absent neighbour" row of this lattice's blur
-            crow = torch.cat([lattice._splat_starts, order.new_full((2,), order.shape[0])])
+            crow = torch.cat(
+                [lattice._splat_starts, lattice._splat_starts.new_full((2,), len(order))]
+            )
             crows.append(crow[(1 if start else 0) :] + nnz)
-            point = order // (d + 1)
-            cols.append(point)
-            splat_values.append(lattice.weights.view(-1)[order] * a[point])  # $b_{iq} a_i$
-            slice_cols.append(lattice.offsets + start)  # (N, d+1)
-            slice_values.append(lattice.weights * (lattice.alpha * b[:, None]))
+            pairs = range(nnz, nnz + len(order))  # this lattice's (point, vertex) pairs
+            point = splat_cols[pairs.start : pairs.stop]
+            point[:] = order // (d + 1)
+            # $b_{iq} a_i$
+            values = splat_values[pairs.start : pairs.stop]
+            torch.index_select(lattice.weights.view(-1), 0, order, out=values).mul_(a[point])
+            columns = range(column, column + d + 1)  # this lattice's non-zeros in each row
+            torch.add(lattice.offsets, start, out=slice_cols[:, columns.start : columns.stop])
+            torch.mul(lattice.weights, lattice.alpha * b[:, None],
+                      out=slice_values[:, columns.start : columns.stop])  # fmt: skip
             self.segments.append((start, lattice.num_vertices + 1))
             start += lattice.num_vertices + 1
-            nnz += order.shape[0]
+            nnz += len(order)
+            column += d + 1
         self.num_rows = start
         self._stacked: torch.Tensor | None = None  # the reused vertex values
-        per_row = sum(lattice.dim + 1 for lattice in lattices)
-        device = lattices[0].offsets.device
+        self._work: torch.Tensor | None = None  # the blur's reused (2, M, C) buffer
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            # 32-bit indices when they fit: less memory traffic, about 8% faster products
-            index = torch.int32 if n * per_row < 2**31 - 1 else torch.int64
             self.splat_matrix = torch.sparse_csr_tensor(
-                torch.cat(crows).to(index), torch.cat(cols).to(index), torch.cat(splat_values),
+                torch.cat(crows).to(index), splat_cols, splat_values,
                 size=(start, n), check_invariants=False,
             )  # fmt: skip
             self.slice_matrix = torch.sparse_csr_tensor(
                 torch.arange(0, n * per_row + 1, per_row, device=device, dtype=index),
-                torch.cat(slice_cols, 1).reshape(-1).to(index),
-                torch.cat(slice_values, 1).reshape(-1),
+                slice_cols.view(-1), slice_values.view(-1),
                 size=(n, start), check_invariants=False,
             )  # fmt: skip
 
     def __call__(self, values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``(N, C)`` values -> ``(N, C)``: $\\sum_m b_m \\odot K_m (a_m \\odot v)$, written
         into ``out`` if given."""
-        if values.requires_grad:  # autograd keeps every intermediate: fresh tensors
+        c = values.shape[1]
+        reuse = not values.requires_grad  # autograd keeps every intermediate: fresh tensors
+        if not reuse:
             stacked = self.splat_matrix @ values
         else:
-            shape = (self.num_rows, values.shape[1])
+            shape = (self.num_rows, c)
             if self._stacked is None or self._stacked.shape != shape:
                 self._stacked = values.new_empty(shape)
+                # the blur's buffer, as large as the largest lattice needs (the others use its
+                # beginning), instead of two fresh (M, C) tensors per blur direction
+                largest = max(lattice.num_vertices for lattice in self.lattices)
+                self._work = values.new_empty(2 * largest * c)
             # (addmm with beta = 0 ignores the buffer's old values; plain mm with out= clears
             # it first, a pass over memory that made the slice twice as slow)
             stacked = torch.addmm(self._stacked, self.splat_matrix, values, beta=0,
                                   out=self._stacked)  # fmt: skip
         # stacked: (sum_m (M_m + 1), C); the padding rows stay 0
         for lattice, (start, rows) in zip(self.lattices, self.segments, strict=True):
-            lattice.blur_(stacked[start : start + rows])
+            work = self._work[: 2 * (rows - 1) * c].view(2, rows - 1, c) if reuse else None
+            lattice.blur_(stacked[start : start + rows], work)
         if out is None:
             return self.slice_matrix @ stacked
         return torch.addmm(out, self.slice_matrix, stacked, beta=0, out=out)

@@ -48,8 +48,13 @@ class MeanFieldCRF(nn.Module):
             must be > 0.
         iterations: T, the mean-field iterations unrolled (default: the paper's 10).
         normalization: the kernel normalisation, "after" (default), "symmetric" or "none".
-        method: ``"permutohedral"`` (float32) or ``"naive"`` (exact; small images, any float
-            dtype, for gradient checks).
+        method: ``"permutohedral"`` (filters in float32) or ``"naive"`` (exact; small images,
+            float64 too, for gradient checks).
+
+    Precision: Q comes back in the logits' dtype. The lattice computes in float32 (float64
+    logits too), the naive filtering in float32 or float64; float16 and bfloat16 logits are
+    computed in float32, since ten iterations of exp and log in half precision would lose the
+    small messages. An empty batch (B = 0) gives an empty Q.
 
     Call ``crf(image, logits)`` with ``image`` ``(B, H, W, 3)`` uint8 and ``logits``
     ``(B, C, H, W)`` float scores; it returns Q ``(B, C, H, W)``. The unaries are
@@ -131,7 +136,13 @@ class MeanFieldCRF(nn.Module):
             raise ValueError(f"image must be a uint8 (B, H, W, 3) = {(batch, height, width, 3)} "
                              f"tensor, got {getattr(image, 'dtype', type(image).__name__)} "
                              f"{tuple(getattr(image, 'shape', ()))}")  # fmt: skip
-        return torch.stack([self._one(im, z) for im, z in zip(image, logits, strict=True)])
+        if batch == 0:
+            return torch.empty_like(logits)
+        # float64 only where the filtering is exact; float32 for the lattice and half precisions
+        exact64 = logits.dtype == torch.float64 and self.method == "naive"
+        work = logits.to(torch.float64 if exact64 else torch.float32)
+        scores = [self._one(im, z) for im, z in zip(image, work, strict=True)]
+        return torch.stack(scores).to(logits.dtype)
 
     def _one(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         classes, height, width = logits.shape

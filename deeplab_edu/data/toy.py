@@ -33,9 +33,11 @@ from PIL import Image
 
 from deeplab_edu import runtime
 from deeplab_edu.data.voc import CLASSES, IGNORE_INDEX, write_mask
+from deeplab_edu.outputs import sweep_temporaries, temporary_path
 
 VOID_BAND = 5  # pixels; VOC's annotators drew a band about 5 pixels wide along outlines
 FORMAT_VERSION = 2  # bump when the generator changes, so that cached sets are regenerated
+MAX_IMAGES, MAX_SIZE = 100_000, 4096  # per split; pixels (a VOC photo is at most 500)
 
 
 @dataclass(frozen=True)
@@ -203,14 +205,14 @@ def make_toy_voc(root: str | Path, n_train: int, n_val: int, size: int, seed: in
         ``root`` as a ``Path``.
 
     Raises:
-        ValueError: for non-positive counts or a size below 32 pixels.
+        ValueError: for counts, a size or a seed out of their ranges (a size of 32 to
+            ``MAX_SIZE`` pixels).
         FileExistsError: if ``root`` exists and is neither empty nor a generated set.
     """
-    for name, value, low in (("n_train", n_train, 1), ("n_val", n_val, 1), ("size", size, 32)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    for name, value, low, high in (("n_train", n_train, 1, MAX_IMAGES),
+                                   ("n_val", n_val, 1, MAX_IMAGES), ("size", size, 32, MAX_SIZE),
+                                   ("seed", seed, 0, runtime.MAX_SEED)):  # fmt: skip
+        runtime.checked_int(name, value, low, high)
     final = Path(root)
     if final.exists():
         foreign = _foreign_entries(final)
@@ -221,8 +223,8 @@ def make_toy_voc(root: str | Path, n_train: int, n_val: int, size: int, seed: in
                 "another folder (or move those files)"
             )
     final.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_temporaries(final)
-    root = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    sweep_temporaries(final)  # the half-written sets of killed generations
+    root = temporary_path(final)
     try:
         _write_toy_voc(root, n_train, n_val, size, seed)
         if final.exists():
@@ -255,24 +257,6 @@ def _foreign_entries(folder: Path) -> list[str]:
     if not valid:
         return entries
     return [e for e in entries if not _OWN_FILES.fullmatch(e)]
-
-
-def _sweep_temporaries(final: Path) -> None:
-    """Delete the temporary folders of generations whose process no longer exists."""
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists but not ours, or a platform without signals: leave it
-        return True
-    return True
 
 
 def _write_toy_voc(root: Path, n_train: int, n_val: int, size: int, seed: int) -> None:
