@@ -5,9 +5,10 @@ The recipe, as :class:`TrainConfig` defaults:
 - loss: per-pixel cross-entropy between the stride-8 scores and the ground truth subsampled by
   8, void (255) ignored, averaged over the valid positions as Caffe's ``SoftmaxWithLoss`` does
   (the paper says "sum", which only rescales the learning rate);
-- SGD, momentum 0.9, weight decay 5e-4, learning rate 1e-3, x10 for the new layers (``fc8``,
-  ``msc``), x0.1 every 2000 iterations, 6000 iterations; biases at x2 without weight decay
-  (the released Caffe solver; the paper does not say);
+- SGD, momentum 0.9, weight decay 5e-4, learning rate 1e-3, x10 for the new classifier
+  ``fc8``, x0.1 every 2000 iterations, 6000 iterations; biases at x2 without weight decay
+  (the released Caffe solver; the paper does not say). DeepLab-MSc's second stage trains the
+  branches and ``fc8`` at x1, the rest frozen (the released MSc configuration);
 - mini-batch 20 (the paper; reimplementations of the released setup use 30: ``--batch-size``);
   random 321x321 crops and horizontal flips.
 
@@ -41,7 +42,7 @@ from deeplab_edu.data.sampling import Batches, Dataset, Samples, derived_seed
 from deeplab_edu.data.transforms import TrainTransform, subsample_labels
 from deeplab_edu.data.voc import IGNORE_INDEX, NUM_CLASSES, VOCSegmentation
 from deeplab_edu.models import deeplab
-from deeplab_edu.models.deeplab import MSC_PREFIX, NEW_LAYER_PREFIXES, DeepLab
+from deeplab_edu.models.deeplab import NEW_LAYER_PREFIXES, DeepLab
 from deeplab_edu.models.field import OUTPUT_STRIDE
 from deeplab_edu.models.pretrained import initialise
 from deeplab_edu.outputs import refuse_foreign, run_lock, sweep_temporaries
@@ -70,7 +71,7 @@ class TrainConfig(runtime.ModeConfig):
     iterations: int = 6000
     batch_size: int = 20  # paper: 20; reimplementations of the released setup: 30
     lr: float = 1e-3
-    lr_new_multiplier: float = 10.0  # fc8 (and msc): x10
+    lr_new_multiplier: float = 10.0  # fc8: x10 (DeepLab-MSc's second stage: every rate x1)
     lr_bias_multiplier: float = 2.0  # Caffe solver convention: biases at 2x, no weight decay
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -141,14 +142,17 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
         Groups for ``torch.optim.SGD``, each with a ``name`` and an ``lr_mult`` that
         :func:`set_learning_rate` multiplies with the scheduled rate: pretrained weights (x1,
         decay), pretrained biases (x2, no decay), new weights (x10, decay), new biases (x20,
-        no decay). Empty groups are left out.
+        no decay); in DeepLab-MSc's second stage every trainable weight is x1 and bias x2, as
+        released. Empty groups are left out.
     """
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             key = (name.startswith(NEW_LAYER_PREFIXES), name.endswith("bias"))
             groups.setdefault(key, []).append(parameter)
-    new_mult, bias_mult = config.lr_new_multiplier, config.lr_bias_multiplier
+    # (DeepLab-MSc's second stage trains its new layers at x1, as released)
+    new_mult = 1.0 if config.msc else config.lr_new_multiplier
+    bias_mult = config.lr_bias_multiplier
     return [
         {"params": params, "name": f"{('pretrained', 'new')[new]} {('weights', 'biases')[bias]}",
          "lr_mult": (new_mult if new else 1.0) * (bias_mult if bias else 1.0),
@@ -201,13 +205,15 @@ def segmentation_loss(scores: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 
 def build_model(config: TrainConfig, *, vgg_state_dict: dict | None = None) -> DeepLab:
     """The network of ``config``, initialised as ``config.init`` says
-    (:func:`~deeplab_edu.models.pretrained.initialise`); for DeepLab-MSc only the new
-    multi-scale weights stay trainable (section 4.3: "we only adjust the newly added weights").
+    (:func:`~deeplab_edu.models.pretrained.initialise`). For DeepLab-MSc's second stage the
+    network up to fc7 is frozen and the multi-scale branches and fc8 train, as in the released
+    configuration (section 4.3 says "we only adjust the newly added weights"; the release also
+    adapts fc8, which now adds its scores to the branches').
     """
     model = deeplab(config.variant, num_classes=NUM_CLASSES, width=config.width, msc=config.msc)
     initialise(model, config.init, vgg_state_dict=vgg_state_dict)
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(not config.msc or name.startswith(MSC_PREFIX))
+        parameter.requires_grad_(not config.msc or name.startswith(NEW_LAYER_PREFIXES))
     return model
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -246,7 +247,7 @@ def _ddp_worker(rank: int, world: int, port: int, toy_dir: str, out: str) -> Non
     dist.destroy_process_group()
 
 
-def test_msc_is_a_second_stage_that_trains_only_the_new_branches(toy_train, tmp_path):
+def test_msc_is_a_second_stage_as_released(toy_train, tmp_path):
     stage_one = train(tiny(iterations=2), tmp_path / "one", dataset=toy_train, progress=False)
     init = str(tmp_path / "one" / "checkpoint.pt")
     with pytest.raises(ValueError, match="second stage"):
@@ -257,22 +258,31 @@ def test_msc_is_a_second_stage_that_trains_only_the_new_branches(toy_train, tmp_
     for name, value in model.state_dict().items():  # every stage-one weight is loaded
         if not name.startswith("msc."):
             assert torch.equal(value, before[name]), name
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-        n for n, _ in model.named_parameters() if n.startswith("msc.")
-    }
-    assert model.msc.classifier.weight.std().item() == pytest.approx(1e-3, rel=0.2)
+    # trained: the branches and fc8 (the released configuration), all at x1 (biases x2)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if n.startswith(("msc.", "fc8."))}
+    groups = {g["name"]: g["lr_mult"] for g in param_groups(model, config)}
+    assert groups == {"new weights": 1.0, "new biases": 2.0}
+    # initialised as released: branch convolutions 0.001 (pool4's 1x1 0.005), classifier 0.01
+    stds = [(branch[0].weight.std().item(), branch[3].weight.std().item())
+            for branch in model.msc.branches]  # fmt: skip
+    expected = [(1e-3, 1e-3)] * 4 + [(1e-3, 5e-3)]
+    for got, want in zip(stds, expected, strict=True):
+        assert got == pytest.approx(want, rel=0.2)
+    assert model.msc.classifier.weight.std().item() == pytest.approx(1e-2, rel=0.2)
     # with the new classifier at zero, DeepLab-MSc predicts exactly what stage one did
     x = torch.randn(1, 3, 41, 45)
     with torch.no_grad():
-        model.msc.classifier.weight.zero_()
-        torch.testing.assert_close(model.eval().predict(x), stage_one.eval().predict(x),
+        zeroed = copy.deepcopy(model)
+        zeroed.msc.classifier.weight.zero_()
+        torch.testing.assert_close(zeroed.eval().predict(x), stage_one.eval().predict(x),
                                    rtol=0, atol=0)  # fmt: skip
     trained = train(config, tmp_path / "two", dataset=toy_train, progress=False)
     after = trained.state_dict()
     for name, value in after.items():
-        if name.startswith("msc."):
-            assert not torch.equal(value, model.state_dict()[name]) or "bias" in name, name
-        else:  # the backbone, fc6, fc7 and the stage-one classifier fc8 are untouched
+        if name.startswith(("msc.", "fc8.")):
+            assert not torch.equal(value, model.state_dict()[name]), name
+        else:  # the backbone, fc6 and fc7 are untouched
             assert torch.equal(value, before[name]), name
 
 

@@ -43,6 +43,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbval.plugin import coalesce_streams
 
+from tools import claims
 from tools.student_edition import chapters, is_solution
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,8 +227,9 @@ def student_leaks(notebook: nbformat.NotebookNode) -> list[str]:
 
 
 def check(out: Path) -> int:
-    """Compare every executed chapter in ``out`` with ``book/`` and check its student edition;
-    return 0 if all agree, else 1."""
+    """Compare every executed chapter in ``out`` with ``book/``, check its student edition and
+    that its prose quotes only numbers its outputs show (:mod:`tools.claims`); return 0 if all
+    agree, else 1."""
     failures, compared = 0, 0
     for chapter in chapters():
         executed = out / chapter.name
@@ -248,7 +250,11 @@ def check(out: Path) -> int:
             print(f"  {problem}")
     print(f"[check] {compared} checked cells in {len(chapters())} chapters; "
           f"{failures} chapters differ")  # fmt: skip
-    return 1 if failures else 0
+    unshown = claims.unsupported(out)  # the prose's numbers against this run's outputs
+    for problem in unshown:
+        print(f"[check] prose: {problem}: no output of this run shows it (tools/claims.py)")
+    print(f"[check] {len(unshown)} number(s) in the prose that no output shows")
+    return 1 if failures or unshown else 0
 
 
 def stage(out: Path, site: Path) -> int:

@@ -37,14 +37,18 @@ from deeplab_edu.models.field import OUTPUT_STRIDE, Layer, score_cells
 from deeplab_edu.models.vgg import FC_CHANNELS, IMAGENET_CLASSES, VGG16_CFG, layer_names
 
 MSC_PREFIX = "msc."  # the multi-scale branches and their classifier (DeepLab-MSc's second stage)
-# the layers DeepLab adds to VGG-16 (x10 learning rate): "fc8.weight", ASPP's "fc8.<branch>.weight"
+# the layers DeepLab adds to VGG-16: "fc8.weight" (x10 learning rate), ASPP's "fc8.<branch>.*",
+# DeepLab-MSc's "msc.*"
 NEW_LAYER_PREFIXES = ("fc8.", MSC_PREFIX)
 
 _MAX_S2 = Layer("max", kernel=3, stride=2, padding=1)
 _MAX_S1 = Layer("max", kernel=3, stride=1, padding=1)
 _DEEPLAB_POOLS = (_MAX_S2, _MAX_S2, _MAX_S2, _MAX_S1, _MAX_S1)
 MSC_CHANNELS = 128  # each multi-scale branch: 128 3x3 filters then 128 1x1 filters
-MSC_CLASSIFIER_STD = 1e-3  # the new branches' classifier starts small (released MSc prototxt)
+# the released DeepLab-MSc initialisation (Gaussian standard deviations, biases 0): the
+# branches' two convolutions 0.001, except the pool4 branch's 1x1 at 0.005; their class scores
+# (one 1x1 classifier per branch there, here one over the five: the same function) 0.01
+MSC_BRANCH_STD, MSC_POOL4_FC_STD, MSC_CLASSIFIER_STD = 1e-3, 5e-3, 1e-2
 
 
 @dataclass(frozen=True)
@@ -143,11 +147,11 @@ class MultiScaleHead(nn.Module):
 
     Each branch's 3x3 convolution has the stride that brings its input to the network's output
     stride, so that the five 128-channel outputs line up with fc7's output cell for cell. The
-    paper concatenates them to fc7's output before fc8 (5 x 128 = 640 extra channels); we give
-    them their own 1x1 classifier, without bias, whose scores are added to fc8's, as the released
-    code does. The two are the same function (fc8 over the concatenation is fc8 over fc7's
-    output plus a classifier over the branches), with the same number of weights, and this form
-    lets the second stage train the branches while the stage-one fc8 stays fixed.
+    paper concatenates them to fc7's output before fc8 (5 x 128 = 640 extra channels); the
+    released code gives each branch its own 1x1 classifier and sums the six class scores. We
+    give the five branches one 1x1 classifier over their concatenation (with one bias, the sum
+    of the five), added to fc8's scores: all three are the same function (fc8 over the
+    concatenation is fc8 over fc7's output plus a classifier over the branches).
     """
 
     def __init__(
@@ -173,7 +177,7 @@ class MultiScaleHead(nn.Module):
             )
             for c_in, stride in zip(in_channels, strides, strict=True)
         )
-        self.classifier = nn.Conv2d(self.out_channels, num_classes, 1, bias=False)
+        self.classifier = nn.Conv2d(self.out_channels, num_classes, 1)
 
     def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
         """Class scores ``(B, C, h, w)`` from the input and pool1..pool4 (``taps``)."""
@@ -252,10 +256,10 @@ class DeepLab(nn.Module):
 
     def reset_parameters(self) -> None:
         """Initialise as if no VGG-16 weights were loaded: convolutions as torchvision's VGG
-        (He normal, fan-out), fc8 (every branch's) Gaussian with std 0.01 (paper), biases 0, and
-        the multi-scale classifier Gaussian with std 0.001 (the released MSc prototxt's filler
-        for the new branches' classifier), so that stage two starts close to the stage-one
-        network."""
+        (He normal, fan-out), fc8 (every branch's) Gaussian with std 0.01 (paper), biases 0,
+        and the multi-scale head as the released DeepLab-MSc configuration does
+        (:data:`MSC_BRANCH_STD`, :data:`MSC_POOL4_FC_STD`, :data:`MSC_CLASSIFIER_STD`): small,
+        so that stage two starts close to the stage-one network."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -264,6 +268,10 @@ class DeepLab(nn.Module):
         for _, _, fc8 in self.heads():
             nn.init.normal_(fc8.weight, std=0.01)
         if self.msc is not None:
+            for tap, branch in enumerate(self.msc.branches):  # image, pool1, ..., pool4
+                conv, fc = branch[0], branch[3]
+                nn.init.normal_(conv.weight, std=MSC_BRANCH_STD)
+                nn.init.normal_(fc.weight, std=MSC_POOL4_FC_STD if tap == 4 else MSC_BRANCH_STD)
             nn.init.normal_(self.msc.classifier.weight, std=MSC_CLASSIFIER_STD)
 
     def layers(self) -> list[Layer]:
