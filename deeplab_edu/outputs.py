@@ -115,8 +115,9 @@ def refuse_foreign(path: str | Path, *, owned: bool, writer: str, force: str | N
 @contextlib.contextmanager
 def locked(path: str | Path, *, wait: bool = True, what: str = "another process") -> Iterator[None]:
     """Hold the lock file ``path`` (its folder is created): with ``wait``, until the holder
-    releases it; without, fail at once. The holder's PID is written into the file. Without
-    ``fcntl`` (Windows) nothing is locked.
+    releases it; without, fail at once. The holder's PID is written into the file, and the
+    holder may delete the file before it releases it (a waiting process then takes a new one).
+    Without ``fcntl`` (Windows) nothing is locked.
 
     Raises:
         BlockingIOError: without ``wait``, if the file is held (naming ``what`` and its PID).
@@ -126,16 +127,24 @@ def locked(path: str | Path, *, wait: bool = True, what: str = "another process"
     if fcntl is None:
         yield
         return
-    with open(path, "a+") as handle:
+    while True:
+        handle = open(path, "a+")  # noqa: SIM115 - closed below or by the with block
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
+            handle.close()
             raise BlockingIOError(
                 f"{path.parent} is in use by {what} (process {holder}); wait for it to finish, "
                 "or use another folder"
             ) from None
+        # the holder before us may have deleted the file when it finished: a lock on a deleted
+        # file excludes nobody, so take the file now at that path instead
+        if path.exists() and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()
+    with handle:
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

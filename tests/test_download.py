@@ -4,8 +4,10 @@ archives the tests make, including malicious and corrupt ones."""
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import tarfile
+import threading
 import urllib.request
 import zipfile
 
@@ -56,52 +58,90 @@ def test_unreachable_host_says_what_to_do_and_mirrors_are_tried(tmp_path, payloa
     assert destination.is_file()
 
 
-def test_interrupted_download_never_counts_as_complete(tmp_path, payload, monkeypatch):
+class Host(http.server.BaseHTTPRequestHandler):
+    """A local web server for the download tests: /refuse answers 503, /drop announces the whole
+    file and closes half way, /file serves it with Range support, /wrong serves other bytes."""
+
+    data: bytes = b""
+    ranges: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - the name http.server calls
+        body = self.data if self.path != "/wrong" else bytes(len(self.data))
+        if self.path == "/refuse":
+            self.send_error(503)
+            return
+        start = 0
+        asked = self.headers.get("Range")
+        if self.path == "/file" and asked:
+            self.ranges.append(asked)
+            start = int(asked.removeprefix("bytes=").rstrip("-"))
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        sent = body[start:] if self.path != "/drop" else body[: len(body) // 2]
+        self.wfile.write(sent)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def host(payload):
+    source, _ = payload
+    Host.data, Host.ranges = source.read_bytes(), []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Host)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_mirrors_in_order_and_a_dropped_transfer_resumed(tmp_path, payload, host):
     source, md5 = payload
-
-    class Broken(io.BytesIO):
-        headers = {"Content-Length": "1024000"}
-
-        def read(self, size=-1):
-            if self.tell() > 0:
-                raise ConnectionResetError("connection reset by peer")
-            return super().read(size)
-
-        def __exit__(self, *args):
-            return False
-
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Broken(b"x" * 2**21))
-    destination = tmp_path / "data.bin"
-    with pytest.raises(ConnectionError, match="connection reset"):
-        fetch.download("https://example.invalid/data.bin", destination, md5)
-    assert list(tmp_path.iterdir()) == [tmp_path / "source"]
-
-
-def test_a_truncated_transfer_moves_on_to_the_next_mirror(tmp_path, payload, monkeypatch):
-    source, md5 = payload
-    data = source.read_bytes()
-    real_urlopen = urllib.request.urlopen
-
-    class Short(io.BytesIO):  # announces every byte, sends half, ends without an error
-        headers = {"Content-Length": str(len(data))}
-
-        def __exit__(self, *args):
-            return False
-
-    def urlopen(url, timeout):
-        return Short(data[: len(data) // 2]) if url.startswith("https://") else real_urlopen(url)
-
-    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
     destination = tmp_path / "out" / "data.bin"
-    mirror = source.as_uri()
-    assert fetch.download("https://first.invalid/d", destination, md5, mirrors=(mirror,))
-    assert destination.read_bytes() == data
-    # with no mirror left: one error naming the URL and the byte counts, no temporary file
-    destination.unlink()
-    with pytest.raises(fetch.ChecksumError, match=r"first.invalid/d: the transfer stopped") as e:
-        fetch.download("https://first.invalid/d", destination, md5)
-    assert ".tmp" not in str(e.value) and "delete it" not in str(e.value)
+    mirrors = (f"{host}/drop", f"{host}/file")
+    assert fetch.download(f"{host}/refuse", destination, md5, mirrors=mirrors) == destination
+    assert destination.read_bytes() == source.read_bytes()
+    half = len(Host.data) // 2
+    assert Host.ranges == [f"bytes={half}-"]  # the third resumed where the second stopped
+    assert [p.name for p in destination.parent.iterdir()] == ["data.bin"]  # no .part, no lock
+
+
+def test_an_interrupted_download_is_kept_and_resumed_later(tmp_path, payload, host):
+    source, md5 = payload
+    destination = tmp_path / "data.bin"
+    with pytest.raises(ConnectionError, match=r"/drop: .*bytes received are kept in .*\.part"):
+        fetch.download(f"{host}/drop", destination, md5)
+    partial = tmp_path / ".data.bin.part"
+    assert not destination.exists() and partial.read_bytes() == Host.data[: len(Host.data) // 2]
+    assert fetch.download(f"{host}/file", destination, md5) == destination  # a later call
+    assert destination.read_bytes() == source.read_bytes() and not partial.exists()
+    assert Host.ranges == [f"bytes={len(Host.data) // 2}-"]
+
+
+def test_a_wrong_file_is_refused_and_nothing_is_left(tmp_path, payload, host):
+    _, md5 = payload
+    destination = tmp_path / "out" / "data.bin"
+    with pytest.raises(fetch.ChecksumError, match=r"/wrong: the \d+ bytes received have MD5"):
+        fetch.download(f"{host}/wrong", destination, md5)
     assert list(destination.parent.iterdir()) == []
+
+
+def test_the_next_process_waits_for_a_download_in_progress(tmp_path, payload, host):
+    _, md5 = payload
+    destination = tmp_path / "data.bin"
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        fetch.download(f"{host}/file", destination, md5))) for _ in range(2)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [destination, destination] and Host.ranges == []
 
 
 def test_a_folder_destination_is_refused_before_any_transfer(tmp_path, monkeypatch):
@@ -221,3 +261,15 @@ def test_an_interrupted_atomic_write_leaves_the_old_file(tmp_path):
     with fetch.atomic_write(path, "w") as handle:
         handle.write("new")
     assert path.read_text() == "new"
+
+
+def test_voc_and_sbd_are_fetched_with_their_mirrors(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(dl, "download", lambda url, path, md5, mirrors=(): calls.append(
+        (url, path, md5, mirrors)) or path)  # fmt: skip
+    monkeypatch.setattr(dl, "safe_extract", lambda archive, root: root)
+    dl.download_voc(tmp_path)
+    dl.download_sbd(tmp_path)
+    for (url, path, md5, mirrors), resource in zip(calls, (dl.VOC2012, dl.SBD), strict=True):
+        assert (url, path, md5) == (resource.url, tmp_path / resource.filename, resource.md5)
+        assert mirrors and all(m.endswith("/" + resource.filename) for m in mirrors)

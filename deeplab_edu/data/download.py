@@ -1,8 +1,9 @@
 """Downloading PASCAL VOC 2012 and SBD safely: checksums, atomic files, safe extraction.
 
-- A download (:func:`deeplab_edu.fetch.download`) goes to a temporary name next to its
+- A download (:func:`deeplab_edu.fetch.download`) goes to a ``.part`` file next to its
   destination and is renamed only once it is complete *and* its checksum matches, so a partial
-  or corrupt file never counts as done.
+  or corrupt file never counts as done; an interrupted one resumes, from the same host or a
+  mirror.
 - Archives are verified before anything is extracted, and extraction refuses any member that
   would land outside the target folder: absolute paths, ``..`` components, links pointing
   outside, and device files (tarfile's ``"data"`` filter, applied to every member first).
@@ -43,7 +44,17 @@ SBD = Resource(
     "benchmark.tgz",
     "82b4d87ceb2ed10f6038a1cba92111cb",
 )
-VOC2012_MIRRORS = ("https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",)
+# further copies of the same files, tried in order (each checked against the same MD5): the VOC
+# host's second server, and the copy the darknet (YOLO) instructions download; SBD's host over
+# plain HTTP, for networks whose proxies refuse its certificate
+VOC2012_MIRRORS = (
+    "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+    "https://pjreddie.com/media/files/VOCtrainval_11-May-2012.tar",
+)
+SBD_MIRRORS = (
+    "http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/"
+    "benchmark.tgz",
+)
 
 
 def safe_extract(archive: str | Path, target: str | Path, md5: str | None = None) -> Path:
@@ -121,7 +132,7 @@ def download_sbd(root: str | Path | None = None) -> Path:
     sbd_dir = root / "benchmark_RELEASE" / "dataset"
     if (sbd_dir / "train.txt").is_file():
         return sbd_dir
-    archive = download(SBD.url, root / SBD.filename, SBD.md5)
+    archive = download(SBD.url, root / SBD.filename, SBD.md5, mirrors=SBD_MIRRORS)
     safe_extract(archive, root)
     return sbd_dir
 
