@@ -25,7 +25,17 @@ import torch
 
 from deeplab_edu.fetch import atomic_write
 
-FORMAT_VERSION = 2  # 2: with the SHA-256 of the contents
+# 2: with the SHA-256 of the contents; 3: the plain DeepLab with its released 2x2 poolings
+FORMAT_VERSION = 3
+# the oldest format each network may come from (pooling has no weights, so an older file of a
+# network whose poolings changed loads without a shape error, and would silently be misread)
+OLDEST_FORMAT = {"DeepLab": 3}
+OLDEST_READABLE = 2
+
+
+def oldest_format(variant: str | None) -> int:
+    """The oldest checkpoint format whose files of ``variant`` hold its current network."""
+    return OLDEST_FORMAT.get(variant or "", OLDEST_READABLE)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -90,10 +100,20 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             f"{path} is not a loadable checkpoint ({type(error).__name__}: {error}); "
             "checkpoints are loaded with weights_only=True, so files holding code are refused"
         ) from error
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+    known = range(OLDEST_READABLE, FORMAT_VERSION + 1)
+    if not isinstance(state, dict) or state.get("format") not in known:
         raise ValueError(
-            f"{path}: expected a deeplab-edu checkpoint (a dict with format={FORMAT_VERSION}), "
-            f"got a {type(state).__name__} without that format number"
+            f"{path}: expected a deeplab-edu checkpoint (a dict with format "
+            f"{OLDEST_READABLE}..{FORMAT_VERSION}), got a {type(state).__name__} without "
+            "such a format number"
+        )
+    config = state.get("config")
+    variant = config.get("variant") if isinstance(config, dict) else None
+    if state["format"] < oldest_format(variant):
+        raise ValueError(
+            f"{path} holds a {variant} trained before it had the released 2x2 poolings "
+            f"(checkpoint format {state['format']}, expected {oldest_format(variant)} or "
+            "later): its weights were learnt with other poolings; train it again"
         )
     contents = {k: v for k, v in state.items() if k not in ("format", "sha256")}
     if state.get("sha256") != contents_digest(contents):

@@ -33,7 +33,6 @@ from deeplab_edu.data.sampling import Dataset, derived_seed
 from deeplab_edu.data.transforms import EvalTransform, to_hwc
 from deeplab_edu.data.voc import IGNORE_INDEX
 from deeplab_edu.evaluate import network_outputs
-from deeplab_edu.models.deeplab import upsample_scores
 
 Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (H, W, 3) uint8, (C, H, W), (H, W)
 
@@ -176,7 +175,7 @@ def fine_tune_jointly(
             if flip:
                 image, target = image.flip(-1), target.flip(-1)
             x, _ = normalise(image, target)  # (3, H, W) normalised
-            scores = upsample_scores(model(x[None].to(device)), x.shape[-2:])  # (1, C, H, W)
+            scores = model.predict(x[None].to(device))  # (1, C, H, W), upsampled
             rgb = to_hwc(image)[None].to(device)  # (1, H, W, 3)
             loss = crf_loss(crf, rgb, scores, target[None].to(device)) / config.joint_batch
             loss.backward()  # one image's graph at a time: memory of one, not of the batch

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from deeplab_edu import runtime
-from deeplab_edu.checkpoint import FORMAT_VERSION, METRICS_LOG, load_checkpoint, save_checkpoint
+from deeplab_edu.checkpoint import METRICS_LOG, load_checkpoint, oldest_format, save_checkpoint
 from deeplab_edu.data import voc_dir
 from deeplab_edu.data.voc import VOCSegmentation
 from deeplab_edu.evaluate import EvalConfig, evaluate
@@ -87,11 +87,14 @@ def load_trained(
 
 
 def run_key(config: TrainConfig) -> str:
-    """A short hash of the configuration, the training split's image list and the checkpoint
-    format (a run of an older format is trained again, not misread)."""
+    """A short hash of the configuration, the training split's image list and the oldest
+    checkpoint format that holds this network (a run of an older one is trained again, not
+    misread; :func:`~deeplab_edu.checkpoint.oldest_format`)."""
     split_file = voc_dir(config.dataset) / "ImageSets" / "Segmentation" / f"{config.split}.txt"
     listing = split_file.read_text() if split_file.is_file() else ""
-    text = json.dumps(config.to_dict(), sort_keys=True) + listing + str(FORMAT_VERSION)
+    text = (
+        json.dumps(config.to_dict(), sort_keys=True) + listing + str(oldest_format(config.variant))
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

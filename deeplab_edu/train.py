@@ -10,7 +10,7 @@ The recipe, as :class:`TrainConfig` defaults:
   (the released Caffe solver; the paper does not say). DeepLab-MSc's second stage trains the
   branches and ``fc8`` at x1, the rest frozen (the released MSc configuration);
 - mini-batch 20 (the paper; reimplementations of the released setup use 30: ``--batch-size``);
-  random 321x321 crops and horizontal flips.
+  random crops (321x321, the plain DeepLab 306x306: the released ones) and horizontal flips.
 
 A run is a pure function of its configuration (:mod:`deeplab_edu.data.sampling`; dropout is
 re-seeded every iteration), so ``resume`` continues an interrupted run exactly. Several GPUs:
@@ -42,7 +42,7 @@ from deeplab_edu.data.sampling import Batches, Dataset, Samples, derived_seed
 from deeplab_edu.data.transforms import TrainTransform, subsample_labels
 from deeplab_edu.data.voc import IGNORE_INDEX, NUM_CLASSES, VOCSegmentation
 from deeplab_edu.models import deeplab
-from deeplab_edu.models.deeplab import NEW_LAYER_PREFIXES, DeepLab
+from deeplab_edu.models.deeplab import NEW_LAYER_PREFIXES, DeepLab, variant
 from deeplab_edu.models.field import OUTPUT_STRIDE
 from deeplab_edu.models.pretrained import initialise
 from deeplab_edu.outputs import refuse_foreign, run_lock, sweep_temporaries
@@ -77,7 +77,7 @@ class TrainConfig(runtime.ModeConfig):
     weight_decay: float = 5e-4
     lr_step: int = 2000  # multiply the learning rate by lr_gamma every lr_step iterations
     lr_gamma: float = 0.1
-    crop: int = 321
+    crop: int | None = None  # None: the variant's released crop (321; 306 for plain DeepLab)
     flip: bool = True
     scale: tuple[float, float] | None = None  # the paper does not use random scaling
     seed: int = 0
@@ -92,6 +92,10 @@ class TrainConfig(runtime.ModeConfig):
         batch_size=10, lr=1e-2, lr_step=800, crop=97, checkpoint_every=250, num_workers=0,
     )  # fmt: skip
 
+    def __post_init__(self) -> None:
+        if self.crop is None:
+            self.crop = variant(self.variant).crop
+
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent value."""
         if self.iterations < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
@@ -102,8 +106,6 @@ class TrainConfig(runtime.ModeConfig):
         runtime.checked_int("seed", self.seed, 0, runtime.MAX_SEED)
         runtime.checked_int("num_workers", self.num_workers, 0, MAX_WORKERS)
         runtime.checked_int("batch_size", self.batch_size, 1, MAX_BATCH)
-        if self.crop < OUTPUT_STRIDE + 1:
-            raise ValueError(f"crop must be at least {OUTPUT_STRIDE + 1} pixels, got {self.crop}")
         runtime.checked_int("crop", self.crop, OUTPUT_STRIDE + 1, MAX_CROP)
         if not (math.isfinite(self.lr) and self.lr > 0) or self.lr_step < 1:
             raise ValueError(f"lr must be finite and > 0 and lr_step >= 1, got {self.lr}, "
@@ -177,12 +179,14 @@ def set_learning_rate(
         group["lr"] = base * group["lr_mult"]
 
 
-def segmentation_loss(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def segmentation_loss(scores: torch.Tensor, target: torch.Tensor, offset: int = 0) -> torch.Tensor:
     """Cross-entropy of stride-8 scores against the labels subsampled by 8, void ignored.
 
     Args:
         scores: ``(B, C, h, w)`` network output at stride 8.
         target: ``(B, H, W)`` int64 labels at full resolution (0..C-1, 255 = void).
+        offset: the pixel whose label cell 0 learns (the network's
+            :attr:`~deeplab_edu.models.DeepLab.label_offset`; :func:`subsample_labels`).
 
     Returns:
         The mean loss over the valid positions (0 with a gradient if none is valid).
@@ -190,12 +194,12 @@ def segmentation_loss(scores: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     Raises:
         ValueError: if the subsampled labels do not have the scores' size.
     """
-    labels = subsample_labels(target, stride=OUTPUT_STRIDE)  # (B, h, w)
+    labels = subsample_labels(target, stride=OUTPUT_STRIDE, offset=offset)  # (B, h, w)
     if labels.shape[-2:] != scores.shape[-2:]:
         raise ValueError(
-            f"labels subsampled by {OUTPUT_STRIDE} have size {tuple(labels.shape[-2:])} but the "
-            f"network output is {tuple(scores.shape[-2:])}; use crops of size 8k+1 "
-            "(e.g. 321, 97, 65)"
+            f"labels subsampled by {OUTPUT_STRIDE} from pixel {offset} have size "
+            f"{tuple(labels.shape[-2:])} but the scores are {tuple(scores.shape[-2:])}; "
+            "expected the scores a stride-8 DeepLab gives for these labels"
         )
     if not (labels != IGNORE_INDEX).any():
         return scores.sum() * 0.0
@@ -293,7 +297,7 @@ def train(
                 targets = targets.to(device, non_blocking=True)  # (B, H, W)
                 set_learning_rate(optimizer, config, iteration)
                 runtime.seed_everything(derived_seed(config.seed, iteration, rank, 1))  # dropout
-                loss = segmentation_loss(network(images), targets)
+                loss = segmentation_loss(network(images), targets, model.label_offset)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

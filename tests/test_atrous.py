@@ -4,6 +4,7 @@ gradients), the receptive-field calculator against the paper's numbers, shift-an
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,9 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeplab_edu.models import DeepLab, atrous_conv1d, atrous_conv2d, deeplab, im2col_atrous
-from deeplab_edu.models.deeplab import VGG16_FULLY_CONVOLUTIONAL, Variant
+from deeplab_edu.models.deeplab import VGG16_FULLY_CONVOLUTIONAL, variant
 from deeplab_edu.models.field import (
     Layer,
+    first_centre,
     output_size,
     output_stride,
     paper_field_of_view,
@@ -89,23 +91,22 @@ def test_receptive_field_of_vgg16_matches_the_paper():
     assert output_size(vgg.layers(), 224) == 1
 
 
-def test_deeplab_with_2x2_poolings_has_the_papers_308_field():
-    # The paper's 308x308 for DeepLab (4x4 fc6, rate 4) corresponds to 2x2 max-poolings
-    # (pool4 2x2 at stride 1) and a 3x3 pool5; our 3x3 poolings give a larger field.
-    two = Layer("max", 2, 2)
-    variant = Variant(
-        "DeepLab-2x2",
-        fc6_kernel=4,
-        fc6_rate=4,
-        fc6_padding=6,
-        pools=(two, two, two, Layer("max", 2, 1), Layer("max", 3, 1, padding=1)),
-    )
+def test_deeplab_has_the_released_2x2_poolings_and_the_papers_308_field():
+    # The released plain DeepLab: 2x2 pool1-pool4 (pool4 at stride 1), a 3x3 pool5; the
+    # paper's 308x308. With LargeFOV's 3x3 poolings the same network would see 323.
     with torch.device("meta"):
-        model = DeepLab(variant, num_classes=21, width=1.0, msc=False)
-        ours = deeplab("DeepLab")
-    assert receptive_field(model.layers()) == 308
-    assert receptive_field(ours.layers()) == 323
-    assert output_stride(model.layers()) == 8
+        model = deeplab("DeepLab")
+        three = DeepLab(replace(variant("DeepLab"), pools=variant("DeepLab-LargeFOV").pools),
+                        num_classes=21, width=1.0, msc=False)  # fmt: skip
+    pools = [layer for layer in model.layers() if layer.kind == "max"]
+    assert [(p.kernel, p.stride, p.padding) for p in pools] == [
+        (2, 2, 1), (2, 2, 1), (2, 2, 1), (2, 1, 0), (3, 1, 1)
+    ]  # fmt: skip
+    assert receptive_field(model.layers()) == 308 and receptive_field(three.layers()) == 323
+    assert output_stride(model.layers()) == 8 and output_size(model.layers(), 306) == 39
+    assert (model.label_offset, three.label_offset) == (1, 0)
+    assert first_centre(model.layers()) == 0.5 and first_centre(three.layers()) == 0
+    assert variant("DeepLab").crop == 306 and variant("DeepLab-LargeFOV").crop == 321
 
 
 @pytest.mark.parametrize(
@@ -200,4 +201,4 @@ def test_the_hole_algorithm_turns_vgg16_into_deeplab_rates():
     assert [c.dilation[0] for c in convs[10:14]] == [2, 2, 2, 4]  # conv5_1..3, fc6
     assert [m.stride for m in dense if isinstance(m, nn.MaxPool2d)] == [2, 2, 2, 1, 1]
     with pytest.raises(ValueError, match="multi-scale"):
-        deeplab("DeepLab", width=1 / 16, msc=True).as_sequential()
+        deeplab("DeepLab-LargeFOV", width=1 / 16, msc=True).as_sequential()

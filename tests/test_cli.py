@@ -80,7 +80,7 @@ def test_train_writes_a_run_and_rejects_bad_values(run, toy_dir, tmp_path, capsy
     assert main([*base, "--iterations", "0"]) == 2
     assert "iterations, batch_size and checkpoint_every must be >= 1" in capsys.readouterr().err
     assert main([*base, "--crop", "5"]) == 2
-    assert "crop must be at least 9 pixels, got 5" in capsys.readouterr().err
+    assert "crop must be an int in [9, 2049], got 5" in capsys.readouterr().err
     assert main(["train", *TINY, "--dataset", str(toy_dir), "--iterations", "2",
                  "--out", str(run)]) == 2  # fmt: skip
     assert "pass resume=True (--resume)" in capsys.readouterr().err

@@ -148,9 +148,20 @@ def test_eval_transform_pads_to_513_or_keeps_native_size():
         EvalTransform(pad_to=300)(image, target)
 
 
-@pytest.mark.parametrize("size, cells", [(321, 41), (513, 65), (306, 39), (128, 16)])
-def test_subsampled_labels_match_the_output_size(size, cells):
-    assert subsample_labels(torch.zeros(2, size, size, dtype=torch.long)).shape == (2, cells, cells)
+@pytest.mark.parametrize("size, offset, cells", [(321, 0, 41), (513, 0, 65), (306, 0, 39),
+                                                  (128, 0, 16), (306, 1, 39), (321, 1, 40),
+                                                  (128, 1, 16), (130, 1, 17)])  # fmt: skip
+def test_subsampled_labels_match_the_output_size(size, offset, cells):
+    target = torch.zeros(2, size, size, dtype=torch.long)
+    assert subsample_labels(target, offset=offset).shape == (2, cells, cells)
+
+
+def test_subsampled_labels_start_at_the_offset():
+    target = torch.arange(20 * 20).reshape(1, 20, 20)
+    assert torch.equal(subsample_labels(target, offset=1)[0], target[0, 1::8, 1::8])
+    for bad in (-1, 8, 1.0):
+        with pytest.raises(ValueError, match=r"offset must be an int in \[0, 7\]"):
+            subsample_labels(target, offset=bad)
 
 
 def test_subsampled_labels_line_up_with_the_output_cell_centres():
@@ -247,8 +258,11 @@ def test_train_aug_list_arithmetic_and_build(tmp_path):
 def test_subsampled_labels_line_up_with_the_real_networks_cells(name):
     # The centre of output cell i of the network (centre of mass of its input gradient, with
     # equal positive weights and max-pooling replaced by average pooling of the same geometry so
-    # that no tie picks a side) is input pixel 8 i: the pixel subsample_labels picks.
+    # that no tie picks a side) is input pixel 8 i with LargeFOV's 3x3 poolings, and 8 i + 0.5
+    # with the plain DeepLab's released 2x2: subsample_labels picks pixel 8 i + label_offset,
+    # the centre itself or (as the release's label_shrink with pad_beg -1) the pixel after it.
     from deeplab_edu.models import deeplab
+    from deeplab_edu.models.field import first_centre
 
     model = deeplab(name, width=0.0625).eval()
     for parameter in model.parameters():
@@ -260,16 +274,17 @@ def test_subsampled_labels_line_up_with_the_real_networks_cells(name):
     size = 8 * 80 + 1
     x = torch.ones(1, 3, size, size, requires_grad=True)
     scores = model(x)
-    assert (
-        scores.shape[-1] == subsample_labels(torch.zeros(1, size, size, dtype=torch.long)).shape[-1]
-    )
+    offset, centre = model.label_offset, first_centre(model.layers())
+    assert (offset, centre) == ((0, 0.0) if name == "DeepLab-LargeFOV" else (1, 0.5))
+    labels = subsample_labels(torch.zeros(1, size, size, dtype=torch.long), offset=offset)
+    assert scores.shape[-2:] == labels.shape[-2:]
     for i in (30, 50):  # cells whose receptive field lies inside the image
         (grad,) = torch.autograd.grad(scores[0, :, i, i].sum(), x, retain_graph=True)
         weight = grad[0].sum(0)  # (H, W)
         rows = torch.arange(size, dtype=torch.float64)
         centre_y = float((weight.sum(1).double() * rows).sum() / weight.sum().double())
         centre_x = float((weight.sum(0).double() * rows).sum() / weight.sum().double())
-        assert abs(centre_y - 8 * i) < 1e-3 and abs(centre_x - 8 * i) < 1e-3
+        assert abs(centre_y - 8 * i - centre) < 1e-3 and abs(centre_x - 8 * i - centre) < 1e-3
 
 
 @pytest.mark.gpu

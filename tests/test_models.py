@@ -25,7 +25,7 @@ from deeplab_edu.models import (
     vgg16_imagenet_state_dict,
 )
 from deeplab_edu.models.cost import multiply_adds
-from deeplab_edu.models.field import paper_field_of_view
+from deeplab_edu.models.field import paper_field_of_view, score_cells
 from deeplab_edu.models.vgg import (
     channel_indices,
     decimation_taps,
@@ -67,9 +67,10 @@ def test_parameter_counts_match_table_2(name):
 def test_output_stride_is_8_and_aligned_sizes(name):
     model = _meta(name)
     assert output_stride(model.layers()) == 8
-    assert output_size(model.layers(), 306) == 39
-    assert output_size(model.layers(), 321) == 41
-    assert output_size(model.layers(), 513) == 65
+    assert output_size(model.layers(), 306) == 39  # the paper's 306 -> 39x39
+    cells = {size: output_size(model.layers(), size) for size in (321, 513, 128, 57, 49)}
+    # one cell per pixel 8 i + label_offset (LargeFOV's 321 -> 41, 513 -> 65; DeepLab's 321 -> 40)
+    assert cells == {size: score_cells(size, model.label_offset) for size in cells}
 
 
 @pytest.mark.parametrize(("name", "size", "expected"), [
@@ -88,10 +89,15 @@ def test_forward_output_sizes(name, size, expected):
 @pytest.mark.parametrize("msc", [False, True])
 def test_forward_backward_small(name, msc):
     torch.manual_seed(0)
+    if msc and name == "DeepLab":  # 2x2 poolings: the branches' cells would not line up
+        with pytest.raises(ValueError, match="needs 3x3 poolings"):
+            deeplab(name, width=SMALL, msc=msc, num_classes=5)
+        return
     model = deeplab(name, width=SMALL, msc=msc, num_classes=5)
     x = torch.randn(2, 3, 57, 49)
     scores = model(x)
-    assert scores.shape == (2, 5, 8, 7)  # ceil(57 / 8), ceil(49 / 8)
+    offset = model.label_offset
+    assert scores.shape == (2, 5, score_cells(57, offset), score_cells(49, offset))
     assert model.predict(x).shape == (2, 5, 57, 49)
     scores.square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
@@ -306,35 +312,42 @@ ALIGNMENT_SIZES = [(65, 65), (97, 128), (128, 128), (129, 200), (321, 321), (375
                    (500, 333), (9, 16), (17, 10)]  # fmt: skip
 
 
+@pytest.mark.parametrize("offset", [0, 1, 7])
 @pytest.mark.parametrize("size", ALIGNMENT_SIZES)
-def test_upsampling_puts_every_cell_on_its_pixel(size):
+def test_upsampling_puts_every_cell_on_its_pixel(size, offset):
     height, width = size
-    h, w = (height - 1) // 8 + 1, (width - 1) // 8 + 1
+    h, w = (height - 1 - offset) // 8 + 1, (width - 1 - offset) // 8 + 1
     scores = torch.randn(2, 3, h, w, dtype=torch.float64)
-    up = upsample_scores(scores, size)
+    up = upsample_scores(scores, size, offset)
     assert up.shape == (2, 3, height, width)
-    torch.testing.assert_close(up[..., ::8, ::8], scores, rtol=0, atol=1e-12)
-    # between two centres the scores change linearly; beyond the last centre they stay put
+    torch.testing.assert_close(up[..., offset::8, offset::8], scores, rtol=0, atol=1e-12)
+    # between two centres the scores change linearly; outside the first and last they stay put
     i = min(h - 2, 3)
     if i >= 0:
         t = torch.arange(9, dtype=torch.float64) / 8
         expected = (1 - t) * scores[0, 0, i, 0] + t * scores[0, 0, i + 1, 0]
-        torch.testing.assert_close(up[0, 0, 8 * i : 8 * i + 9, 0], expected)
-    tail = up[..., 8 * (h - 1) :, :]
-    torch.testing.assert_close(tail, up[..., 8 * (h - 1) : 8 * (h - 1) + 1, :].expand_as(tail))
+        torch.testing.assert_close(up[0, 0, offset + 8 * i : offset + 8 * i + 9, 0], expected)
+    last = offset + 8 * (h - 1)
+    tail, head = up[..., last:, :], up[..., : offset + 1, :]
+    torch.testing.assert_close(tail, up[..., last : last + 1, :].expand_as(tail))
+    torch.testing.assert_close(head, up[..., offset : offset + 1, :].expand_as(head))
     with pytest.raises(ValueError, match="stride-8 scores"):
-        upsample_scores(scores[..., 1:, :], size)
+        upsample_scores(scores[..., 1:, :], size, offset)
+    with pytest.raises(ValueError, match="offset must be in"):
+        upsample_scores(scores, size, 8)
 
 
+@pytest.mark.parametrize("name", ["DeepLab-LargeFOV", "DeepLab"])
 @pytest.mark.parametrize("size", [(41, 41), (40, 57), (33, 48)])
-def test_predict_is_aligned_with_the_score_grid(size):
+def test_predict_is_aligned_with_the_score_grid(size, name):
     torch.manual_seed(0)
-    model = deeplab("DeepLab-LargeFOV", width=SMALL).eval()
+    model = deeplab(name, width=SMALL).eval()
     x = torch.randn(1, 3, *size)
     with torch.no_grad():
         scores, upsampled = model(x), model.predict(x)
     assert upsampled.shape[-2:] == size
-    torch.testing.assert_close(upsampled[:, :, ::8, ::8], scores)
+    o = model.label_offset
+    torch.testing.assert_close(upsampled[:, :, o::8, o::8], scores)
     with pytest.raises(ValueError, match="stride-8"):
         vgg16_fully_convolutional(width=SMALL).predict(x)
 

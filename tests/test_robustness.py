@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import deeplab_edu.data.toy as toy
-from deeplab_edu.checkpoint import load_checkpoint, read_metrics, save_checkpoint
+from deeplab_edu.checkpoint import contents_digest, load_checkpoint, read_metrics, save_checkpoint
 from deeplab_edu.cli import main
 from deeplab_edu.crf import dense_crf, simulate_unaries
 from deeplab_edu.crf.rnn import MeanFieldCRF
@@ -79,6 +79,22 @@ def test_a_damaged_checkpoint_is_refused(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="damaged"):
         load_checkpoint(path)
+
+
+def test_a_plain_deeplab_checkpoint_from_before_the_2x2_poolings_is_refused(tmp_path):
+    # format 2 files of the plain DeepLab hold weights learnt with 3x3 poolings: same shapes,
+    # other network; format 2 files of every other variant still load
+    for variant, refused in [("DeepLab", True), ("DeepLab-LargeFOV", False)]:
+        contents = {"config": {"variant": variant}, "model": {"w": torch.zeros(2)}}
+        path = tmp_path / f"{variant}.pt"
+        torch.save({"format": 2, "sha256": contents_digest(contents), **contents}, path)
+        if refused:
+            with pytest.raises(ValueError, match="before it had the released 2x2 poolings"):
+                load_checkpoint(path)
+        else:
+            assert load_checkpoint(path)["format"] == 2
+    new = save_checkpoint({"config": {"variant": "DeepLab"}}, tmp_path / "new.pt")
+    assert load_checkpoint(new)["format"] == 3
 
 
 # -- crashes and unbounded resources -------------------------------------------------------------

@@ -106,8 +106,14 @@ def test_loss_ignores_void_and_checks_alignment():
     target[0, 0, 0] = 3  # the one labelled cell is position (0, 0)
     expected = -torch.log_softmax(scores[0, :, 0, 0], 0)[3]
     assert torch.allclose(segmentation_loss(scores, target), expected)
-    with pytest.raises(ValueError, match="8k\\+1"):
+    with pytest.raises(ValueError, match=r"from pixel 0 have size \(6, 6\) but the scores"):
         segmentation_loss(scores, torch.zeros(1, 48, 48, dtype=torch.int64))
+    # the plain DeepLab's cells learn pixel 8 i + 1: (0, 0) is then not a cell's pixel, (1, 1) is
+    target = torch.full((1, 34, 34), 255, dtype=torch.int64)
+    target[0, 0, 0] = 3
+    assert segmentation_loss(scores, target, offset=1).item() == 0.0
+    target[0, 1, 1] = 3
+    assert torch.allclose(segmentation_loss(scores, target, offset=1), expected)
 
 
 def test_one_step_reduces_the_loss_on_a_fixed_batch(toy_train):
@@ -343,3 +349,12 @@ def test_two_runs_on_one_folder_do_not_mix(toy_train, tmp_path):
     assert not (folder / "checkpoint.pt").exists() and not (folder / "metrics.jsonl").exists()
     train(tiny(iterations=2), folder, dataset=toy_train, progress=False)  # released: it runs
     assert [r["iteration"] for r in read_metrics(folder)] == [1, 2]
+
+
+def test_each_variant_trains_on_its_released_crop_unless_told():
+    assert TrainConfig(variant="DeepLab").crop == 306  # 8k + 2, labels from pixel 1
+    assert TrainConfig(variant="DeepLab-LargeFOV").crop == 321  # 32k - 31
+    assert TrainConfig(variant="DeepLab", crop=321).crop == 321
+    assert TrainConfig.fast(variant="DeepLab").crop == 97  # fast mode's, for every variant
+    with pytest.raises(ValueError, match="unknown DeepLab variant"):
+        TrainConfig(variant="DeepLab-3x3")

@@ -181,27 +181,35 @@ def to_hwc(image: torch.Tensor) -> torch.Tensor:
     return image.permute(1, 2, 0).contiguous()  # (H, W, 3)
 
 
-def subsample_labels(target: torch.Tensor, stride: int | None = None) -> torch.Tensor:
+def subsample_labels(
+    target: torch.Tensor, stride: int | None = None, offset: int = 0
+) -> torch.Tensor:
     """The ground truth at the network's output resolution, for the paper's loss.
 
-    Alignment: output cell ``i`` of a stride-8 DeepLab (3x3 poolings with padding 1, "same"
-    convolutions) is centred on input pixel ``8 i``, so its label is ``target[8 i, 8 j]``: we
+    Alignment: output cell ``i`` of a stride-8 DeepLab with 3x3 poolings (padding 1) and "same"
+    convolutions is centred on input pixel ``8 i``, so its label is ``target[8 i, 8 j]``: we
     pick one pixel per cell, never average or vote, so labels stay valid class indices and a
     void pixel at a cell centre stays void. An ``H``-pixel side gives ``(H - 1) // 8 + 1`` cells
     (321 -> 41, 513 -> 65), the size the network produces; at test time
-    :func:`~deeplab_edu.models.upsample_scores` maps cell ``i`` back onto pixel ``8 i``.
+    :func:`~deeplab_edu.models.upsample_scores` maps cell ``i`` back onto pixel ``8 i``. The
+    plain DeepLab's released 2x2 poolings centre cell ``i`` at ``8 i + 0.5``; its release takes
+    the label of pixel ``8 i + 1`` (``offset=1``, :attr:`~deeplab_edu.models.DeepLab.label_offset`;
+    306 -> 39 cells).
 
     Args:
         target: ``(B, H, W)`` or ``(H, W)`` integer labels.
         stride: the output stride; ``None`` means DeepLab's
             :data:`~deeplab_edu.models.OUTPUT_STRIDE` (8, the paper's).
+        offset: the pixel cell 0 takes its label from (0 to ``stride - 1``).
 
     Returns:
-        ``(B, (H - 1) // stride + 1, (W - 1) // stride + 1)`` (or without ``B``), same dtype.
+        ``(B, (H - 1 - offset) // stride + 1, (W - 1 - offset) // stride + 1)`` (or without
+        ``B``), same dtype.
 
     Raises:
         TypeError: if ``target`` is not an integer tensor.
-        ValueError: if it is not 2-D or 3-D, or ``stride`` is not a positive int.
+        ValueError: if it is not 2-D or 3-D, ``stride`` is not a positive int, or ``offset`` is
+            outside ``[0, stride)``.
     """
     if not isinstance(target, torch.Tensor) or target.dtype.is_floating_point:
         got = target.dtype if isinstance(target, torch.Tensor) else type(target).__name__
@@ -211,4 +219,8 @@ def subsample_labels(target: torch.Tensor, stride: int | None = None) -> torch.T
     stride = OUTPUT_STRIDE if stride is None else stride
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be a positive int, got {stride!r}")
-    return target[..., ::stride, ::stride].contiguous()  # (B, h, w): the cell centres
+    if not isinstance(offset, int) or not 0 <= offset < stride:
+        raise ValueError(f"offset must be an int in [0, {stride - 1}], got {offset!r}")
+    if min(target.shape[-2:]) <= offset:
+        raise ValueError(f"labels of size {tuple(target.shape[-2:])} have no pixel {offset}")
+    return target[..., offset::stride, offset::stride].contiguous()  # (B, h, w): the cells' pixels

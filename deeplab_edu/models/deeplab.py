@@ -7,10 +7,15 @@ The recipe, applied to VGG-16 (:data:`~deeplab_edu.models.vgg.VGG16_CFG`):
 3. the layers after them look at their input through holes: conv5_x with rate 2, fc6 with
    rate 4 (or more, for a larger field of view; Table 2).
 
-Pooling (a choice, see the chapter "From VGG-16 to DeepLab"): every variant uses the released
-LargeFOV configuration's 3x3 max-poolings (stride 2, padding 1 for pool1-pool3; stride 1,
-padding 1 for pool4-pool5), which keep sizes aligned (306 -> 39, 321 -> 41, 513 -> 65);
-LargeFOV adds a 3x3 stride-1 average pooling before fc6, as in its prototxt.
+Pooling, as released (see the chapter "From VGG-16 to DeepLab" and paper facts): the plain
+DeepLab keeps VGG-16's 2x2 max-poolings with padding 1 for pool1-pool3, a 2x2 pool4 at stride 1
+without padding and a 3x3 pool5 (its prototxt); its output cell ``i`` is then centred half a
+pixel after pixel ``8 i`` and learns the label of pixel ``8 i + 1`` (:attr:`DeepLab.label_offset`,
+the prototxt's ``label_shrink`` with ``pad_beg: -1``). LargeFOV's 3x3 max-poolings (stride 2,
+padding 1 for pool1-pool3; stride 1, padding 1 for pool4-pool5) centre cell ``i`` on pixel
+``8 i``; LargeFOV adds a 3x3 stride-1 average pooling before fc6, as in its prototxt. No
+released configuration of DeepLab-7x7 or DeepLab-4x4 is known: they keep LargeFOV's poolings
+(our choice), as does DeepLab-MSc's released configuration.
 
 DeepLab v2's atrous spatial pyramid pooling (Chen et al., TPAMI 2017, arXiv:1606.00915; its
 DeepLab-ASPP-L on VGG-16) keeps LargeFOV's backbone without the average pooling and replaces
@@ -25,6 +30,7 @@ measures the pyramid of rates alone.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -33,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeplab_edu.models.field import OUTPUT_STRIDE, Layer, score_cells
+from deeplab_edu.models.field import OUTPUT_STRIDE, Layer, first_centre, output_stride, score_cells
 from deeplab_edu.models.vgg import FC_CHANNELS, IMAGENET_CLASSES, VGG16_CFG, layer_names
 
 MSC_PREFIX = "msc."  # the multi-scale branches and their classifier (DeepLab-MSc's second stage)
@@ -43,7 +49,9 @@ NEW_LAYER_PREFIXES = ("fc8.", MSC_PREFIX)
 
 _MAX_S2 = Layer("max", kernel=3, stride=2, padding=1)
 _MAX_S1 = Layer("max", kernel=3, stride=1, padding=1)
-_DEEPLAB_POOLS = (_MAX_S2, _MAX_S2, _MAX_S2, _MAX_S1, _MAX_S1)
+_DEEPLAB_POOLS = (_MAX_S2, _MAX_S2, _MAX_S2, _MAX_S1, _MAX_S1)  # LargeFOV's (released)
+_TWO = Layer("max", kernel=2, stride=2, padding=1)
+_RELEASED_DEEPLAB_POOLS = (_TWO, _TWO, _TWO, Layer("max", kernel=2), _MAX_S1)  # plain DeepLab's
 MSC_CHANNELS = 128  # each multi-scale branch: 128 3x3 filters then 128 1x1 filters
 # the released DeepLab-MSc initialisation (Gaussian standard deviations, biases 0): the
 # branches' two convolutions 0.001, except the pool4 branch's 1x1 at 0.005; their class scores
@@ -62,6 +70,8 @@ class Variant:
         fc6_padding: fc6's padding, rate (kernel - 1) / 2 to keep the size.
         fc_channels: fc6 and fc7 width (4096, or 1024 for LargeFOV), per branch.
         pools: pool1..pool5.
+        crop: the side of the training crops (released: 321 = 32k - 31 for LargeFOV, 306 =
+            8k + 2 for the plain DeepLab).
         conv5_rate: the rate of conv5_1..conv5_3 (2 once pool4 no longer subsamples).
         avg_pool: the extra pooling before fc6 (LargeFOV), or None.
         dropout: dropout probability after fc6 and fc7.
@@ -76,6 +86,7 @@ class Variant:
     fc6_padding: int
     fc_channels: int = FC_CHANNELS
     pools: tuple[Layer, ...] = _DEEPLAB_POOLS
+    crop: int = 321
     conv5_rate: int = 2
     avg_pool: Layer | None = None
     dropout: float = 0.5
@@ -94,7 +105,14 @@ _ASPP = Variant(
     "DeepLab-ASPP", fc6_kernel=3, fc6_rate=6, fc6_padding=6, fc_channels=1024, branches=(1, 2, 3, 4)
 )
 _PAPER = (  # the paper's four (Table 2)
-    Variant("DeepLab", fc6_kernel=4, fc6_rate=4, fc6_padding=6),
+    Variant(
+        "DeepLab",
+        fc6_kernel=4,
+        fc6_rate=4,
+        fc6_padding=6,
+        pools=_RELEASED_DEEPLAB_POOLS,
+        crop=306,
+    ),
     Variant("DeepLab-7x7", fc6_kernel=7, fc6_rate=4, fc6_padding=12),
     Variant("DeepLab-4x4", fc6_kernel=4, fc6_rate=8, fc6_padding=12),
     Variant(
@@ -203,6 +221,9 @@ class DeepLab(nn.Module):
         fc8: the new classifier (trained with 10x the learning rate).
         msc: the multi-scale branches and their classifier (:class:`MultiScaleHead`), or None;
             their scores are added to fc8's (to the sum of the branches' for ASPP).
+        label_offset: cell ``i`` scores pixel ``8 i + label_offset`` (0 with 3x3 poolings; 1
+            with the plain DeepLab's 2x2, whose cells are centred at ``8 i + 0.5``: the release
+            takes the pixel after the centre, ``pad_beg: -1``).
     """
 
     def __init__(self, config: Variant, *, num_classes: int, width: float, msc: bool) -> None:
@@ -211,6 +232,13 @@ class DeepLab(nn.Module):
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
         if not 0 < width <= 1:
             raise ValueError(f"width must be in (0, 1], got {width}")
+        if msc and config.pools != _DEEPLAB_POOLS:
+            raise ValueError(
+                f"the multi-scale head needs 3x3 poolings, which line its five taps up cell for "
+                f"cell (as the released DeepLab-MSc has); {config.name} has the released 2x2 "
+                f"poolings; expected one of "
+                f"{tuple(v.name for v in _VARIANTS.values() if v.pools == _DEEPLAB_POOLS)}"
+            )
         self.variant, self.config, self.width = config.name, config, width
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         channels, pools, tap_channels, tap_strides, stride = 3, iter(config.pools), [3], [1], 1
@@ -246,6 +274,7 @@ class DeepLab(nn.Module):
             else None
         )  # fmt: skip
         self.fc8 = _one_or_list(nn.Conv2d(fc, num_classes, 1) for _ in branches)
+        self.label_offset = math.ceil(first_centre(self.layers()))
         self.reset_parameters()
 
     def heads(self) -> list[tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]]:
@@ -349,15 +378,16 @@ class DeepLab(nn.Module):
         """Scores bilinearly upsampled to the input size (the paper's inference, before the CRF).
 
         Returns:
-            (B, num_classes, H, W) scores, cell ``i, j`` on pixel ``8 i, 8 j``
-            (:func:`upsample_scores`).
+            (B, num_classes, H, W) scores, cell ``i, j`` on pixel ``8 i + o, 8 j + o``,
+            ``o`` = :attr:`label_offset` (:func:`upsample_scores`).
 
         Raises:
-            ValueError: for the stride-32 VGG-16, whose cells sit elsewhere (2x2 poolings).
+            ValueError: for the stride-32 VGG-16.
         """
-        if self.config.pools != _DEEPLAB_POOLS:
+        if output_stride(self.layers()) != OUTPUT_STRIDE:
             raise ValueError(f"predict needs a stride-8 DeepLab variant, not {self.variant!r}")
-        return upsample_scores(self.forward(x), x.shape[-2:])  # (B, C, H, W)
+        scores = self.forward(x)  # (B, C, h, w)
+        return upsample_scores(scores, x.shape[-2:], offset=self.label_offset)  # (B, C, H, W)
 
 
 def _one_or_list(convs: Iterable[nn.Conv2d]) -> nn.Module:
@@ -367,21 +397,23 @@ def _one_or_list(convs: Iterable[nn.Conv2d]) -> nn.Module:
     return convs[0] if len(convs) == 1 else nn.ModuleList(convs)
 
 
-def upsample_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def upsample_scores(scores: torch.Tensor, size: tuple[int, int], offset: int = 0) -> torch.Tensor:
     """Bilinear upsampling of stride-8 scores to ``size`` pixels, each cell on its own pixel.
 
-    A DeepLab output cell ``i`` is centred on input pixel ``8 i`` (3x3 poolings with padding 1),
-    and an ``H``-pixel side gives ``h = (H - 1) // 8 + 1`` cells. Interpolating ``h`` cells with
-    ``align_corners=True`` onto ``8 (h - 1) + 1`` pixels puts cell ``i`` exactly on pixel ``8 i``
-    (Caffe's ``Interp`` layer followed by a crop does the same); the result is cropped to
-    ``H``. When ``H`` is not ``8 k + 1``, the last pixels lie beyond the last cell centre: the
-    scores are first extended by one copy of their last row/column, so those pixels take the
-    edge value. (Interpolating straight to ``H`` pixels would stretch the grid: at ``H = 128``
-    cell 15 would land on pixel 127 instead of 120.)
+    A DeepLab output cell ``i`` scores input pixel ``8 i + offset`` (:attr:`DeepLab.label_offset`:
+    0 with 3x3 poolings, 1 with the plain DeepLab's 2x2), and an ``H``-pixel side gives
+    ``h = (H - 1 - offset) // 8 + 1`` cells. Interpolating ``h`` cells with
+    ``align_corners=True`` onto ``8 (h - 1) + 1`` pixels puts cell ``i`` exactly on pixel
+    ``8 i + offset`` (Caffe's ``Interp`` layer followed by a crop does the same); the result is
+    cropped to ``H``. Pixels before the first cell centre or beyond the last take the edge
+    cell's scores: the scores are extended by copies of their first/last row and column.
+    (Interpolating straight to ``H`` pixels would stretch the grid: at ``H = 128`` cell 15
+    would land on pixel 127 instead of 120.)
 
     Args:
         scores: ``(B, C, h, w)`` stride-8 scores.
-        size: the input's ``(H, W)``; ``h`` must be ``(H - 1) // 8 + 1`` (same for ``w``).
+        size: the input's ``(H, W)``; ``h`` must be ``(H - 1 - offset) // 8 + 1`` (same for ``w``).
+        offset: the pixel cell 0 scores, 0 to 7.
 
     Returns:
         ``(B, C, H, W)`` scores.
@@ -389,20 +421,26 @@ def upsample_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     Raises:
         ValueError: if the score map does not have the size a stride-8 network gives for ``size``.
     """
+    if not 0 <= offset < OUTPUT_STRIDE:
+        raise ValueError(f"offset must be in [0, {OUTPUT_STRIDE - 1}], got {offset}")
     (h, w), (height, width) = scores.shape[-2:], size
-    expected = (score_cells(height), score_cells(width))
+    expected = (score_cells(height, offset), score_cells(width, offset))
     if (h, w) != expected:
         raise ValueError(
-            f"stride-{OUTPUT_STRIDE} scores for a {height}x{width} input must be "
-            f"{expected[0]}x{expected[1]}, got {h}x{w}"
+            f"stride-{OUTPUT_STRIDE} scores for a {height}x{width} input "
+            f"(cell 0 on pixel {offset}) must be {expected[0]}x{expected[1]}, got {h}x{w}"
         )
-    # cells needed so that the last centre 8 (n - 1) reaches the last pixel H - 1
-    need_h, need_w = -(-(height - 1) // OUTPUT_STRIDE) + 1, -(-(width - 1) // OUTPUT_STRIDE) + 1
+    # the side from cell 0's pixel on; cells needed so that the last centre reaches its end
+    side_h, side_w = height - offset, width - offset
+    need_h, need_w = -(-(side_h - 1) // OUTPUT_STRIDE) + 1, -(-(side_w - 1) // OUTPUT_STRIDE) + 1
     scores = F.pad(scores, (0, need_w - w, 0, need_h - h), mode="replicate")  # (B, C, h', w')
-    # cell i -> pixel 8 i: $\hat s(8i + t) = (1 - t/8)\, s_i + (t/8)\, s_{i+1}$, t = 0..7
+    # cell i -> pixel 8 i + offset: $\hat s(8i + o + t) = (1 - t/8)\, s_i + (t/8)\, s_{i+1}$
     grid = (OUTPUT_STRIDE * (need_h - 1) + 1, OUTPUT_STRIDE * (need_w - 1) + 1)
     full = F.interpolate(scores, size=grid, mode="bilinear", align_corners=True)
-    return full[..., :height, :width]  # (B, C, H, W)
+    full = full[..., :side_h, :side_w]  # (B, C, H - offset, W - offset)
+    if offset:  # the pixels before cell 0's take its scores
+        full = F.pad(full, (offset, 0, offset, 0), mode="replicate")
+    return full  # (B, C, H, W)
 
 
 def deeplab(name: str, *, num_classes: int = 21, width: float = 1.0, msc: bool = False) -> DeepLab:

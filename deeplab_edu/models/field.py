@@ -68,10 +68,30 @@ class FieldStep:
     stride: int
 
 
-def score_cells(side: int) -> int:
-    """Stride-8 score cells along an image side of ``side`` pixels: cell ``i`` is centred on
-    pixel ``8 i``, so ``(side - 1) // 8 + 1`` of them (17 for 128 or 129 pixels)."""
-    return (side - 1) // OUTPUT_STRIDE + 1
+def score_cells(side: int, offset: int = 0) -> int:
+    """Stride-8 score cells along an image side of ``side`` pixels when cell ``i`` scores pixel
+    ``8 i + offset`` (:attr:`~deeplab_edu.models.DeepLab.label_offset`: 0 with 3x3 poolings,
+    1 with the released plain DeepLab's 2x2): one per such pixel inside the side, so
+    ``(side - 1 - offset) // 8 + 1`` (17 for 128 or 129 pixels at offset 0, 16 at offset 1)."""
+    return (side - 1 - offset) // OUTPUT_STRIDE + 1
+
+
+def first_centre(layers: Iterable[Layer]) -> float:
+    """Where the first output unit of a stack is centred, in input pixels.
+
+    A layer's first output is centred ``(k_eff - 1) / 2 - p`` of its input's units from that
+    input's first unit, and one input unit is ``J`` pixels (the stride so far). Symmetric
+    layers (3x3 with padding 1) add nothing; a 2x2 pooling with padding 1 moves the centre
+    half a unit back, one without padding half a unit on. DeepLab with 3x3 poolings gives 0
+    (cell ``i`` on pixel ``8 i``); the released plain DeepLab's 2x2 poolings give 0.5 (cell
+    ``i`` between pixels ``8 i`` and ``8 i + 1``).
+    """
+    centre, jump = 0.0, 1
+    for layer in layers:
+        # $c \leftarrow c + J \left(\frac{k_{eff} - 1}{2} - p\right)$
+        centre += jump * ((layer.effective_kernel - 1) / 2 - layer.padding)
+        jump *= layer.stride
+    return centre
 
 
 def receptive_field_steps(layers: Iterable[Layer]) -> list[FieldStep]:
