@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import Dataset
 
 from deeplab_edu import runtime
 from deeplab_edu.crf.kernels import NORMALIZATIONS, CRFParams
 from deeplab_edu.crf_search import SearchConfig, load_best, search
-from deeplab_edu.data import VOCSegmentation, ensure_toy_voc, make_toy_voc, voc_dir
+from deeplab_edu.data import ensure_toy_voc, make_toy_voc, open_dataset
 from deeplab_edu.data.download import prepare_voc
 from deeplab_edu.data.toy import ToyConfig
 from deeplab_edu.evaluate import EvalConfig, evaluate, write_results
@@ -62,13 +63,17 @@ def _add_train(sub: Subparsers) -> None:
     p.add_argument("--width", type=float, help=_both("width", full, fast))
     p.add_argument("--msc", action="store_true", default=None,
                    help="DeepLab-MSc, the paper's second stage: add the multi-scale branches to "
-                   "the network of --init (a trained DeepLab's checkpoint.pt) and train only "
-                   "them")  # fmt: skip
+                   "the network of --init (a trained DeepLab's checkpoint.pt) and train them "
+                   "and fc8, the rest frozen")  # fmt: skip
     p.add_argument("--init", help=_both("init", full, fast) + " or a checkpoint file")
-    p.add_argument("--dataset", help=_both("dataset", full, fast) + " or a VOC-format folder")
-    p.add_argument("--split", help=_both("split", full, fast))
+    p.add_argument("--dataset", help=_both("dataset", full, fast) + " or a folder of your own "
+                   "(images/ + masks/ + classes.txt, or VOC's layout)")  # fmt: skip
+    p.add_argument("--split", help="training split (paper: train_aug; --fast and a folder of "
+                   "your own: train)")  # fmt: skip
+    p.add_argument("--crop", type=int, help="training crop side (paper: the variant's released "
+                   f"crop, 321, 306 for DeepLab; --fast: {fast.crop})")  # fmt: skip
     for name, kind in (("iterations", int), ("batch_size", int), ("lr", float),
-                       ("lr_step", int), ("crop", int), ("seed", int),
+                       ("lr_step", int), ("seed", int),
                        ("checkpoint_every", int), ("num_workers", int)):  # fmt: skip
         p.add_argument("--" + name.replace("_", "-"), type=kind, help=_both(name, full, fast))
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, logs)")
@@ -176,9 +181,9 @@ def _train(args: argparse.Namespace) -> None:
     print(f"trained {config.variant}: {args.out / 'checkpoint.pt'}")
 
 
-def _load(args: argparse.Namespace) -> tuple[nn.Module, VOCSegmentation]:
+def _load(args: argparse.Namespace) -> tuple[nn.Module, Dataset]:
     model, config = load_trained(args.checkpoint, variant=args.variant)
-    return model, VOCSegmentation(voc_dir(config.dataset), args.split)
+    return model, open_dataset(config.dataset, args.split)
 
 
 def _pad(args: argparse.Namespace, default: int | None) -> int | None:

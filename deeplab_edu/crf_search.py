@@ -42,7 +42,7 @@ from deeplab_edu.checkpoint import contents_digest
 from deeplab_edu.crf import dense_crf
 from deeplab_edu.crf.kernels import NORMALIZATIONS, CRFParams
 from deeplab_edu.data.sampling import Dataset
-from deeplab_edu.data.voc import NUM_CLASSES
+from deeplab_edu.data.voc import dataset_classes
 from deeplab_edu.evaluate import network_outputs, write_results
 from deeplab_edu.metrics import ConfusionMatrix
 
@@ -239,7 +239,8 @@ def search(
     # the network runs once per image; every trial reuses its probabilities (float16, CPU)
     outputs = network_outputs(model, dataset, images, pad_to=config.pad_to)
     cache = [(image, probs.half().cpu(), target) for image, probs, target in outputs]
-    baseline = ConfusionMatrix(NUM_CLASSES)
+    num_classes = len(dataset_classes(dataset))  # a folder of your own: its own
+    baseline = ConfusionMatrix(num_classes)
     for _, probs, target in cache:
         baseline.update(probs.float().argmax(0), target)
 
@@ -247,7 +248,7 @@ def search(
         if point in done:
             return done[point]
         params = config.params(*point)
-        matrix = ConfusionMatrix(NUM_CLASSES)
+        matrix = ConfusionMatrix(num_classes)
         for image, probs, target in cache:
             q = dense_crf(image, probs.to(device).float(), params)
             matrix.update(q.argmax(0).cpu(), target)

@@ -32,7 +32,7 @@ from deeplab_edu import __version__, runtime
 from deeplab_edu.crf import CRFParams, MeanFieldCRF, dense_crf
 from deeplab_edu.data.sampling import Dataset
 from deeplab_edu.data.transforms import EvalTransform, to_hwc
-from deeplab_edu.data.voc import CLASSES, NUM_CLASSES
+from deeplab_edu.data.voc import dataset_classes
 from deeplab_edu.fetch import atomic_write
 from deeplab_edu.metrics import ConfusionMatrix, TrimapCounts
 
@@ -161,10 +161,11 @@ def evaluate(
         raise ValueError("the evaluation data set is empty")
     device = next(model.parameters()).device
     model.eval()
-    matrices = {"dcnn": ConfusionMatrix(NUM_CLASSES), "crf": ConfusionMatrix(NUM_CLASSES)}
-    held = {m: ConfusionMatrix(NUM_CLASSES) for m in matrices}
+    classes = dataset_classes(dataset)  # a folder of your own names its own
+    matrices = {m: ConfusionMatrix(len(classes)) for m in ("dcnn", "crf")}
+    held = {m: ConfusionMatrix(len(classes)) for m in matrices}
     held_set = set(held_out) if held_out is not None else set()
-    trimaps = {m: TrimapCounts(config.trimap_widths) for m in matrices}  # counted on the fly
+    trimaps = {m: TrimapCounts(config.trimap_widths, len(classes)) for m in matrices}
     kept: dict[str, dict[int, torch.Tensor]] = {"target": {}, "dcnn": {}, "crf": {}}
     keep = set(keep)
     seconds = {"network": 0.0, "crf": 0.0}
@@ -173,10 +174,11 @@ def evaluate(
         began = runtime.now(device)
         probs = predict_probs(model, image, pad_to=config.pad_to, device=device)  # (C, H, W)
         seconds["network"] += runtime.now(device) - began
-        if probs.shape[0] != NUM_CLASSES:  # a label map of another class count means nothing
+        if probs.shape[0] != len(classes):  # a label map of another class count means nothing
             raise ValueError(
                 f"the network predicts {probs.shape[0]} classes but the data set has "
-                f"{NUM_CLASSES} (VOC's 20 and background): evaluate a network trained for them"
+                f"{len(classes)} ({', '.join(classes[:4])}, ...): evaluate a network trained "
+                "for them"
             )
         labels = {"dcnn": probs.argmax(0).to(torch.uint8).cpu()}  # (H, W)
         if config.crf is not None:
@@ -204,7 +206,7 @@ def evaluate(
         "config": config.to_dict(),
         "miou": {m: matrices[m].miou() for m in methods},
         "pixel_accuracy": {m: matrices[m].pixel_accuracy() for m in methods},
-        "iou_per_class": {m: _per_class(matrices[m]) for m in methods},
+        "iou_per_class": {m: _per_class(matrices[m], classes) for m in methods},
         "trimap": {m: _curves(trimaps[m]) for m in methods},
         "seconds_per_image": {m: seconds["network" if m == "dcnn" else m] / count for m in methods},
         "environment": environment(),
@@ -218,9 +220,9 @@ def evaluate(
     return Evaluation(summary, kept["target"], kept["dcnn"], kept["crf"])
 
 
-def _per_class(matrix: ConfusionMatrix) -> dict[str, float | None]:
+def _per_class(matrix: ConfusionMatrix, classes: Sequence[str]) -> dict[str, float | None]:
     values = matrix.iou().tolist()  # NaN (absent class) becomes None in JSON
-    return {name: (None if v != v else v) for name, v in zip(CLASSES, values, strict=True)}
+    return {name: (None if v != v else v) for name, v in zip(classes, values, strict=True)}
 
 
 def _curves(counts: TrimapCounts) -> dict[str, list]:

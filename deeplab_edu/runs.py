@@ -32,8 +32,7 @@ from torch import nn
 
 from deeplab_edu import runtime
 from deeplab_edu.checkpoint import METRICS_LOG, load_checkpoint, oldest_format, save_checkpoint
-from deeplab_edu.data import voc_dir
-from deeplab_edu.data.voc import VOCSegmentation
+from deeplab_edu.data import CLASSES, open_dataset, voc_dir
 from deeplab_edu.evaluate import EvalConfig, evaluate
 from deeplab_edu.fetch import atomic_write, file_digest
 from deeplab_edu.models import deeplab
@@ -77,7 +76,12 @@ def load_trained(
             f"{path}: weights {bad[:3]} hold NaN or infinite values (a diverged or damaged "
             "run); nothing was evaluated: use an earlier checkpoint or train again"
         )
-    model = deeplab(config.variant, width=config.width, msc=config.msc)
+    classes = state.get("classes", list(CLASSES))  # older checkpoints: VOC's
+    if not (isinstance(classes, list) and len(classes) >= 2
+            and all(isinstance(name, str) for name in classes)):  # fmt: skip
+        raise ValueError(f"{path}: expected its class names as a list of 2 or more strings, "
+                         f"got {classes!r}")  # fmt: skip
+    model = deeplab(config.variant, num_classes=len(classes), width=config.width, msc=config.msc)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:  # tensors of other shapes than the configuration says
@@ -217,7 +221,7 @@ def install_shipped(config: TrainConfig, folder: Path) -> bool:
 
 def val_miou(model: nn.Module, config: TrainConfig) -> float:
     """Mean IoU of ``model`` on the val split of ``config.dataset``, without the CRF."""
-    val_set = VOCSegmentation(voc_dir(config.dataset), "val")
+    val_set = open_dataset(config.dataset, "val")
     summary = evaluate(model, val_set, EvalConfig.for_mode(crf=None), progress=False).summary
     return float(summary["miou"]["dcnn"])
 

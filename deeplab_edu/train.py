@@ -37,10 +37,10 @@ from tqdm import tqdm
 
 from deeplab_edu import runtime
 from deeplab_edu.checkpoint import METRICS_LOG, load_checkpoint, save_checkpoint, truncate_log
-from deeplab_edu.data import voc_dir
+from deeplab_edu.data import open_dataset
 from deeplab_edu.data.sampling import Batches, Dataset, Samples, derived_seed
 from deeplab_edu.data.transforms import TrainTransform, subsample_labels
-from deeplab_edu.data.voc import IGNORE_INDEX, NUM_CLASSES, VOCSegmentation
+from deeplab_edu.data.voc import IGNORE_INDEX, NUM_CLASSES, dataset_classes
 from deeplab_edu.models import deeplab
 from deeplab_edu.models.deeplab import NEW_LAYER_PREFIXES, DeepLab, variant
 from deeplab_edu.models.field import OUTPUT_STRIDE
@@ -66,8 +66,9 @@ class TrainConfig(runtime.ModeConfig):
     width: float = 1.0  # channel multiplier (1.0 = VGG-16's widths)
     msc: bool = False  # DeepLab-MSc: a second stage on a trained DeepLab (init = its checkpoint)
     init: str = "imagenet"  # "imagenet" (VGG-16 IMAGENET1K_V1), "random", or a checkpoint path
-    dataset: str = "voc"  # "voc" (VOC 2012 + SBD), "toy" (generated) or a VOC-format folder
-    split: str = "train_aug"
+    # "voc" (VOC 2012 + SBD), "toy" (generated) or a folder of your own (deeplab_edu.data.folder)
+    dataset: str = "voc"
+    split: str | None = None  # None: "train_aug" for "voc", "train" for any other data set
     iterations: int = 6000
     batch_size: int = 20  # paper: 20; reimplementations of the released setup: 30
     lr: float = 1e-3
@@ -95,6 +96,8 @@ class TrainConfig(runtime.ModeConfig):
     def __post_init__(self) -> None:
         if self.crop is None:
             self.crop = variant(self.variant).crop
+        if self.split is None:
+            self.split = "train_aug" if self.dataset == "voc" else "train"
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent value."""
@@ -207,14 +210,16 @@ def segmentation_loss(scores: torch.Tensor, target: torch.Tensor, offset: int = 
     return F.cross_entropy(scores, labels, ignore_index=IGNORE_INDEX)
 
 
-def build_model(config: TrainConfig, *, vgg_state_dict: dict | None = None) -> DeepLab:
+def build_model(
+    config: TrainConfig, *, vgg_state_dict: dict | None = None, num_classes: int = NUM_CLASSES
+) -> DeepLab:
     """The network of ``config``, initialised as ``config.init`` says
     (:func:`~deeplab_edu.models.pretrained.initialise`). For DeepLab-MSc's second stage the
     network up to fc7 is frozen and the multi-scale branches and fc8 train, as in the released
     configuration (section 4.3 says "we only adjust the newly added weights"; the release also
     adapts fc8, which now adds its scores to the branches').
     """
-    model = deeplab(config.variant, num_classes=NUM_CLASSES, width=config.width, msc=config.msc)
+    model = deeplab(config.variant, num_classes=num_classes, width=config.width, msc=config.msc)
     initialise(model, config.init, vgg_state_dict=vgg_state_dict)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(not config.msc or name.startswith(NEW_LAYER_PREFIXES))
@@ -240,7 +245,7 @@ def train(
             state, schedule, data order and random streams); otherwise an existing checkpoint
             is an error, so that a run is never overwritten silently.
         dataset: a data set yielding ``(uint8 image (3,H,W), int64 target (H,W))``; default:
-            ``config.split`` of ``config.dataset`` (:func:`~deeplab_edu.data.voc_dir`, which
+            ``config.split`` of ``config.dataset`` (:func:`~deeplab_edu.data.open_dataset`, which
             says how to get VOC when it is missing).
         vgg_state_dict: see :func:`build_model`.
         on_step: called as ``on_step(iteration, loss)`` after each iteration (1-based).
@@ -262,7 +267,11 @@ def train(
         path = out_dir / "checkpoint.pt"
         sweep_temporaries(path)  # a checkpoint half-written by a killed run
         runtime.seed_everything(config.seed)
-        model = build_model(config, vgg_state_dict=vgg_state_dict).to(device)
+        if dataset is None:  # the training split of config.dataset, untransformed
+            dataset = open_dataset(config.dataset, config.split)
+        classes = list(dataset_classes(dataset))
+        model = build_model(config, vgg_state_dict=vgg_state_dict, num_classes=len(classes))
+        model = model.to(device)
         optimizer = make_optimizer(model, config)
         start = _resume(path, model, optimizer, config, device) if path.exists() and resume else 0
         if path.exists() and not resume:
@@ -273,8 +282,6 @@ def train(
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
             truncate_log(out_dir, start)
-        if dataset is None:  # the training split of config.dataset, untransformed
-            dataset = VOCSegmentation(voc_dir(config.dataset), config.split)
         batches = Batches(len(dataset), config.batch_size, config.seed, start, config.iterations,
                           rank, world)  # fmt: skip
         transform = TrainTransform(crop=config.crop, flip=config.flip, scale=config.scale)
@@ -314,7 +321,7 @@ def train(
                     if rank == 0:
                         log.flush()
                         save_checkpoint(
-                            {"iteration": done, "config": config.to_dict(),
+                            {"iteration": done, "config": config.to_dict(), "classes": classes,
                              "model": model.state_dict(), "optimizer": optimizer.state_dict()},
                             path,
                         )  # fmt: skip

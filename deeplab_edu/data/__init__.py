@@ -1,11 +1,15 @@
-"""PASCAL VOC 2012 (+ SBD) and the generated teaching set in the same on-disk format."""
+"""PASCAL VOC 2012 (+ SBD) and the generated teaching set in the same on-disk format, and
+folders of your own (:mod:`deeplab_edu.data.folder`); :func:`open_dataset` opens any of them."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from torch.utils.data import Dataset
+
 from deeplab_edu import runtime
+from deeplab_edu.data.folder import SegmentationFolder
 from deeplab_edu.data.toy import ensure_toy_voc, make_toy_voc
 from deeplab_edu.data.voc import (
     CLASSES,
@@ -68,9 +72,20 @@ def voc_dir(name: str = "voc") -> Path:
         return folder
     if not Path(name).is_dir():
         raise FileNotFoundError(
-            f"data set {name!r} is neither 'toy', 'voc' nor an existing VOC-format folder"
+            f"data set {name!r} is neither 'toy', 'voc' nor an existing folder (VOC's layout, "
+            "or images/ + masks/ + classes.txt: see deeplab_edu.data.folder)"
         )
     return Path(name)
+
+
+def open_dataset(name: str, split: str) -> Dataset:
+    """Split ``split`` of data set ``name`` (as :func:`voc_dir` takes it): a
+    :class:`SegmentationFolder` for a folder holding ``images/``, else a
+    :class:`VOCSegmentation`. Either has ``classes``, the class names."""
+    folder = voc_dir(name)
+    if (folder / "images").is_dir() and not (folder / "JPEGImages").is_dir():
+        return SegmentationFolder(folder, split)
+    return VOCSegmentation(folder, split)
 
 
 def active_voc_dir() -> tuple[str, Path]:
@@ -95,6 +110,7 @@ __all__ = [
     "PALETTE",
     "PHOTOS_DIR",
     "PHOTOS_SPLIT",
+    "SegmentationFolder",
     "TOY_NAME",
     "VOCSegmentation",
     "VOC_ENV",
@@ -102,6 +118,7 @@ __all__ = [
     "active_voc_dir",
     "ensure_toy_voc",
     "make_toy_voc",
+    "open_dataset",
     "read_image",
     "read_mask",
     "voc_dir",

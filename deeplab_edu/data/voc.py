@@ -1,6 +1,7 @@
 """PASCAL VOC 2012: the 21 class names, the colour palette, palette-PNG masks and the data set.
 
-This is the only place in the project where class names and colours are defined.
+This is the only place in the project where class names and colours are defined. A data set
+of your own names its classes in a ``classes.txt`` beside its images (:func:`read_classes`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -21,6 +22,9 @@ CLASSES: tuple[str, ...] = (
 )  # fmt: skip
 NUM_CLASSES = len(CLASSES)  # 20 object classes + background
 IGNORE_INDEX = 255  # "void": object outlines and ambiguous pixels, ignored by loss and metrics
+CLASS_FILE = "classes.txt"  # a data set's class names, one per line, in index order
+# what a data set may apply to each (image, target) pair, e.g. TrainTransform
+Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _voc_palette() -> np.ndarray:
@@ -41,14 +45,47 @@ PALETTE: np.ndarray = _voc_palette()  # (256, 3) uint8; row 255 (void) is (224, 
 PALETTE.setflags(write=False)
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a VOC palette PNG as class indices.
+def read_classes(folder: str | Path) -> tuple[str, ...] | None:
+    """The class names a data set folder lists in its ``classes.txt``, or None without one.
+
+    One name per line, in the order of their indices in the masks (blank lines and a UTF-8 BOM
+    are ignored); at least 2 and at most 255 classes, since index 255 is void.
+
+    Raises:
+        ValueError: for a repeated name, or too few or too many classes (naming the file).
+    """
+    path = Path(folder) / CLASS_FILE
+    if not path.is_file():
+        return None
+    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    names = [name for name in names if name]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{path}: every class needs its own name; repeated: {repeated}")
+    if not 2 <= len(names) <= IGNORE_INDEX:
+        raise ValueError(
+            f"{path}: expected 2 to {IGNORE_INDEX} class names (one per line, index 255 is "
+            f"void), got {len(names)}"
+        )
+    return tuple(names)
+
+
+def dataset_classes(dataset: Dataset) -> tuple[str, ...]:
+    """The class names of a data set (through ``Subset``s): its ``classes``, else VOC's."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return tuple(getattr(dataset, "classes", CLASSES))
+
+
+def read_mask(path: str | Path, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Read a palette (VOC) or grey-level PNG as class indices.
 
     Args:
         path: a PNG in mode ``P`` (palette) or ``L`` whose pixel values are class indices.
+        num_classes: the data set's class count (21 for VOC).
 
     Returns:
-        An ``(H, W)`` uint8 array with values in 0..20 and 255 (void).
+        An ``(H, W)`` uint8 array with values in 0..num_classes-1 and 255 (void).
 
     Raises:
         FileNotFoundError: if the file does not exist.
@@ -67,21 +104,22 @@ def read_mask(path: str | Path) -> np.ndarray:
             mask = np.array(image, dtype=np.uint8)
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: not a readable PNG mask ({error})") from error
-    bad = np.setdiff1d(np.unique(mask), [*range(NUM_CLASSES), IGNORE_INDEX])
+    bad = np.setdiff1d(np.unique(mask), [*range(num_classes), IGNORE_INDEX])
     if bad.size:
         raise ValueError(
-            f"{path}: expected class indices 0..{NUM_CLASSES - 1} or {IGNORE_INDEX}, "
+            f"{path}: expected class indices 0..{num_classes - 1} or {IGNORE_INDEX}, "
             f"found {bad.tolist()}"
         )
     return mask
 
 
-def write_mask(path: str | Path, mask: np.ndarray) -> None:
+def write_mask(path: str | Path, mask: np.ndarray, num_classes: int = NUM_CLASSES) -> None:
     """Write class indices as a VOC palette PNG (mode ``P``, the VOC colour map).
 
     Args:
         path: where to write; parent folders are created.
-        mask: ``(H, W)`` integer array with values in 0..20 or 255.
+        mask: ``(H, W)`` integer array with values in 0..num_classes-1 or 255.
+        num_classes: the data set's class count (21 for VOC).
 
     Raises:
         ValueError: if the array is not 2-D integers in the allowed range.
@@ -89,10 +127,10 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
     mask = np.asarray(mask)
     if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
         raise ValueError(f"expected an (H, W) integer mask, got shape {mask.shape} {mask.dtype}")
-    bad = np.setdiff1d(np.unique(mask), [*range(NUM_CLASSES), IGNORE_INDEX])
+    bad = np.setdiff1d(np.unique(mask), [*range(num_classes), IGNORE_INDEX])
     if bad.size:
         raise ValueError(
-            f"expected class indices 0..{NUM_CLASSES - 1} or {IGNORE_INDEX}, found {bad.tolist()}"
+            f"expected class indices 0..{num_classes - 1} or {IGNORE_INDEX}, found {bad.tolist()}"
         )
     image = Image.fromarray(mask.astype(np.uint8), mode="P")
     image.putpalette(PALETTE.flatten().tolist())
@@ -192,7 +230,48 @@ def read_ids(list_file: Path) -> list[str]:
     return ids
 
 
-class VOCSegmentation(Dataset):
+def read_pair(
+    image_path: Path, mask_path: Path, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image ``(3, H, W)`` uint8 and its mask ``(H, W)`` int64, checked to be the same size.
+
+    Raises:
+        ValueError: for sizes that differ (naming both files), or a mask index beyond the class
+            count (:func:`read_mask`).
+    """
+    image = read_image(image_path)  # (3, H, W) uint8
+    target = torch.from_numpy(read_mask(mask_path, num_classes).astype(np.int64))  # (H, W)
+    if image.shape[1:] != target.shape:
+        raise ValueError(
+            f"image {image_path} is {tuple(image.shape[1:])} (H, W) but its mask "
+            f"{mask_path} is {tuple(target.shape)}: they must be the same size"
+        )
+    return image, target
+
+
+class PairedImages(Dataset):
+    """A segmentation data set on disk: ``ids``, ``classes``, the files of each id
+    (``image_path`` / ``mask_path``), and an optional ``transform``. ``ds[i]`` returns
+    ``(image, target)``: without a transform, a ``(3, H, W)`` uint8 RGB tensor and an
+    ``(H, W)`` int64 tensor of class indices and 255 (void), read by :func:`read_pair`."""
+
+    ids: list[str]
+    classes: tuple[str, ...]
+    transform: Transform | None
+    image_path: Callable[[int], Path]  # defined by each layout (a method)
+    mask_path: Callable[[int], Path]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, target = read_pair(self.image_path(index), self.mask_path(index), len(self.classes))
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        return image, target
+
+
+class VOCSegmentation(PairedImages):
     """A VOC-format segmentation set: PASCAL VOC 2012, the augmented ``train_aug`` list, the
     generated teaching set, or ``../shared/voc-sample``; all share one on-disk layout.
 
@@ -203,7 +282,9 @@ class VOCSegmentation(Dataset):
     ``VOCdevkit/VOC2012`` parent and returns PIL images, so we read the folders directly.)
 
     ``ds[i]`` returns ``(image, target)``: without a transform, a ``(3, H, W)`` uint8 RGB tensor
-    and an ``(H, W)`` int64 tensor of class indices 0..20 and 255 (void).
+    and an ``(H, W)`` int64 tensor of class indices 0..20 and 255 (void). A folder of your own
+    in this layout may name other classes in a ``classes.txt`` (:func:`read_classes`):
+    :attr:`classes` holds them (VOC's 21 without the file).
     """
 
     def __init__(
@@ -211,8 +292,7 @@ class VOCSegmentation(Dataset):
         voc_dir: str | Path,
         split: str,
         *,
-        transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-        | None = None,
+        transform: Transform | None = None,
     ) -> None:
         """
         Args:
@@ -253,9 +333,7 @@ class VOCSegmentation(Dataset):
         self.mask_dir = self.voc_dir / (
             "SegmentationClassAug" if split == "train_aug" else "SegmentationClass"
         )
-
-    def __len__(self) -> int:
-        return len(self.ids)
+        self.classes: tuple[str, ...] = read_classes(self.voc_dir) or CLASSES
 
     def image_path(self, index: int) -> Path:
         """The JPEG of item ``index``."""
@@ -264,18 +342,6 @@ class VOCSegmentation(Dataset):
     def mask_path(self, index: int) -> Path:
         """The palette PNG of item ``index``."""
         return self.mask_dir / f"{self.ids[index]}.png"
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = read_image(self.image_path(index))  # (3, H, W) uint8
-        target = torch.from_numpy(read_mask(self.mask_path(index)).astype(np.int64))  # (H, W)
-        if image.shape[1:] != target.shape:
-            raise ValueError(
-                f"image {self.image_path(index)} is {tuple(image.shape[1:])} (H, W) but its mask "
-                f"{self.mask_path(index)} is {tuple(target.shape)}: they must be the same size"
-            )
-        if self.transform is not None:
-            image, target = self.transform(image, target)
-        return image, target
 
     def __repr__(self) -> str:
         return f"VOCSegmentation({str(self.voc_dir)!r}, {self.split!r}, {len(self)} images)"

@@ -1,5 +1,6 @@
 """Where a DeepLab network's weights start: ImageNet VGG-16 (section 3.1), random, or a trained
-DeepLab (the starting point of DeepLab-MSc's second stage, section 4.3)."""
+DeepLab (the starting point of DeepLab-MSc's second stage, section 4.3, or of a network for
+other classes: a data set of your own)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import torch
 
 from deeplab_edu.checkpoint import load_checkpoint
-from deeplab_edu.models.deeplab import MSC_PREFIX, DeepLab
+from deeplab_edu.models.deeplab import MSC_PREFIX, NEW_LAYER_PREFIXES, DeepLab
 from deeplab_edu.models.vgg import load_vgg16, vgg16_imagenet_state_dict
 
 
@@ -49,8 +50,11 @@ def load_trained_weights(model: DeepLab, path: str | Path) -> None:
     """Load every weight of a trained DeepLab checkpoint into ``model`` (same variant, width).
 
     For DeepLab-MSc the checkpoint may hold the stage-one network without the multi-scale head;
-    the head then keeps its initialisation (branches He normal, their classifier N(0, 0.001)),
-    so the network starts from the stage-one predictions.
+    the head then keeps its initialisation (the released small Gaussians), so the network
+    starts from the stage-one predictions. A checkpoint trained for another number of classes
+    gives every weight but the classifiers (``fc8``, the multi-scale head's), which keep their
+    initialisation: the step the paper takes from ImageNet's 1000 classes to VOC's 21, from a
+    network trained on VOC (or the teaching set) to a data set of your own.
 
     Raises:
         ValueError: for another variant or width, or weights that do not fit.
@@ -62,10 +66,17 @@ def load_trained_weights(model: DeepLab, path: str | Path) -> None:
             f"{path} holds a {saved['variant']!r} network of width {saved['width']}, "
             f"but this run trains {model.variant!r} of width {model.width}"
         )
+    own = model.state_dict()
+    weights = {
+        name: tensor for name, tensor in state["model"].items()
+        if not (name.startswith(NEW_LAYER_PREFIXES) and name in own
+                and tensor.shape[:1] != own[name].shape[:1])  # a classifier for other classes
+    }  # fmt: skip
     try:
-        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as error:  # a tensor of another shape (e.g. another number of classes)
         raise ValueError(f"{path} does not fit this network: {error}") from error
-    allowed = MSC_PREFIX if model.msc is not None and not saved.get("msc") else ()
+    allowed = (MSC_PREFIX,) if model.msc is not None and not saved.get("msc") else ()
+    allowed += tuple(name for name in state["model"] if name not in weights)
     if unexpected or any(not name.startswith(allowed) for name in missing):
         raise ValueError(f"{path} does not fit: missing {missing}, unexpected {unexpected}")
