@@ -31,8 +31,10 @@ def reference_dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams)
 
     Raises:
         ImportError: if pydensecrf is not installed.
-        ValueError: for ``normalization="none"``: pydensecrf's ``NO_NORMALIZATION`` rescales
-            the kernel by its mean, which is not the unnormalised kernel of our ``"none"``.
+        ValueError: for ``normalization="none"``: pydensecrf's ``NO_NORMALIZATION`` is the
+            lattice's raw sum, whose mass differs from the exact kernel's, while our ``"none"``
+            divides the lattice by that gain so that both methods approximate the same sum
+            (:mod:`deeplab_edu.crf.compat` offers pydensecrf's raw sum).
     """
     if not reference_available():
         raise ImportError("method='pydensecrf' needs pydensecrf: pip install pydensecrf2")
@@ -43,7 +45,8 @@ def reference_dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams)
     if normalization not in kinds:
         raise ValueError(
             f"pydensecrf comparison supports normalization in {tuple(kinds)}, got "
-            f"{normalization!r} (its NO_NORMALIZATION divides by the mean kernel sum)"
+            f"{normalization!r} (its NO_NORMALIZATION is the lattice's raw sum, not the exact "
+            "kernel's)"
         )
     c, h, w = probs.shape
     crf = dcrf.DenseCRF2D(w, h, c)  # note the (width, height) order
