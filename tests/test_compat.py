@@ -196,6 +196,8 @@ def test_ill_defined_input_is_refused_clearly():
         (lambda: crf.setUnaryEnergy(np.full_like(UNARY, np.nan)), "NaN or infinite"),
         (lambda: crf.addPairwiseGaussian(3, np.ones(2, np.float32)), "3 entries per dimension"),
         (lambda: crf.addPairwiseGaussian(3, np.ones((3, 3, 3), np.float32)), "a number"),
+        (lambda: crf.addPairwiseGaussian(3, np.ones(3)), "float32 NumPy array"),  # float64
+        (lambda: crf.addPairwiseGaussian(3, [1.0, 2.0, 3.0]), "a number"),
         (lambda: crf.addPairwiseGaussian(3, 3, kernel=7), "kernel must be one of"),
         (lambda: crf.addPairwiseGaussian(3, 3, normalization=-1), "normalization must be"),
         (lambda: crf.addPairwiseEnergy(np.zeros((0, WIDTH * HEIGHT), np.float32), 3), "D >= 1"),
