@@ -235,8 +235,9 @@ def measure_memory(method: str, scale: float, threads: int) -> tuple[float, floa
             crf = dcrf.DenseCRF2D(w, h, c)
             crf.setUnaryEnergy(unary)
             crf.addPairwiseGaussian(sxy=p.theta_gamma, compat=p.w2, **kwargs)
-            crf.addPairwiseBilateral(sxy=p.theta_alpha, srgb=p.theta_beta, rgbim=image,
-                                     compat=p.w1, **kwargs)  # fmt: skip
+            crf.addPairwiseBilateral(
+                sxy=p.theta_alpha, srgb=p.theta_beta, rgbim=image, compat=p.w1, **kwargs
+            )
             np.asarray(crf.inference(p.iterations))
 
         dense_crf(small_image, small_probs, method="pydensecrf")
@@ -255,8 +256,10 @@ def measure_memory(method: str, scale: float, threads: int) -> tuple[float, floa
 
 def print_memory(threads: int, has_ref: bool) -> None:
     """Part 1b: peak memory and time of one CRF per fresh process, ours and pydensecrf's."""
-    print("\npeak memory: one run per fresh process, the highest resident memory minus that "
-          "just before the run (MiB); time of that run (s)")  # fmt: skip
+    print(
+        "\npeak memory: one run per fresh process, the highest resident memory minus that "
+        "just before the run (MiB); time of that run (s)"
+    )
     methods = ["permutohedral"] + (["pydensecrf", "pydensecrf-direct"] if has_ref else [])
     context = torch.multiprocessing.get_context("spawn")
     for scale in MEMORY_SCALES:
@@ -270,9 +273,11 @@ def print_memory(threads: int, has_ref: bool) -> None:
         line = f"peak memory at {megapixels:.2f} MP: ours {ours:.0f} MB ({ours_s:.2f} s)"
         if has_ref:
             (ref, ref_s), (direct, direct_s) = found["pydensecrf"], found["pydensecrf-direct"]
-            line += (f", pydensecrf {ref:.0f} MB ({ref_s:.2f} s), ratio {ours / ref:.2f} (goal "
-                     f"<= 1.0); pydensecrf called directly {direct:.0f} MB ({direct_s:.2f} s), "
-                     f"ratio {ours / direct:.2f}")  # fmt: skip
+            line += (
+                f", pydensecrf {ref:.0f} MB ({ref_s:.2f} s), ratio {ours / ref:.2f} (goal "
+                f"<= 1.0); pydensecrf called directly {direct:.0f} MB ({direct_s:.2f} s), "
+                f"ratio {ours / direct:.2f}"
+            )
         print(line)
 
 
@@ -284,7 +289,12 @@ def main() -> None:
     args = parser.parse_args()
     params = CRFParams()  # the LargeFOV defaults: (4, 121, 5, 3, 3)
     assert (params.w1, params.theta_alpha, params.theta_beta, params.w2, params.theta_gamma) == (
-        4, 121, 5, 3, 3)  # fmt: skip
+        4,
+        121,
+        5,
+        3,
+        3,
+    )
     threads = torch.get_num_threads()
     has_ref = reference_available()
     print(f"21 labels, 10 iterations, params {params}")
@@ -296,8 +306,10 @@ def main() -> None:
         return print_memory(threads, has_ref)
 
     # -- 1. ours vs pydensecrf, by size ---------------------------------------------------------
-    print(f"\n{'photo':12s} {'size':>9s} {'MP':>5s} {'ours s':>7s} {'ref s':>7s} {'ratio':>6s} "
-          f"{'goal':>5s} {'agree %':>8s}")  # fmt: skip
+    print(
+        f"\n{'photo':12s} {'size':>9s} {'MP':>5s} {'ours s':>7s} {'ref s':>7s} {'ratio':>6s} "
+        f"{'goal':>5s} {'agree %':>8s}"
+    )
     for name, photo, mask in scenes():
         ours_by_scale = {}
         for scale in SCALES:
@@ -352,8 +364,9 @@ def main() -> None:
         text = f"CUDA ({torch.cuda.get_device_name(device)}), {name} at 0.19 MP: {gpu:.3f} s, "
         text += f"{1 / gpu:.1f} images/s"
         if has_ref:
-            ref = statistics.median(timed(dense_crf, image, probs, method="pydensecrf")[0]
-                                    for _ in range(3))  # fmt: skip
+            ref = statistics.median(
+                timed(dense_crf, image, probs, method="pydensecrf")[0] for _ in range(3)
+            )
             text += f"; RATIO to pydensecrf {gpu / ref:.2f}"
         print(text)
     else:
@@ -393,15 +406,19 @@ def main() -> None:
         builds = [timed(PermutohedralLattice, features) for _ in range(3)]
         lattice = builds[0][1]
         lattices.append(lattice)
-        print(f"{label}: {lattice.num_vertices} vertices for {h * w} pixels "
-              f"({lattice.num_vertices / (h * w):.3f} per pixel); build "
-              f"{statistics.median(t for t, _ in builds):.3f} s, once per image")  # fmt: skip
+        print(
+            f"{label}: {lattice.num_vertices} vertices for {h * w} pixels "
+            f"({lattice.num_vertices / (h * w):.3f} per pixel); build "
+            f"{statistics.median(t for t, _ in builds):.3f} s, once per image"
+        )
     message = PairwiseMessage(lattices, (params.w1, params.w2), "symmetric")
     q = torch.softmax(torch.rand(h * w, 21), 1)
     per_message = statistics.median(timed(message, q)[0] for _ in range(5))
     per_softmax = statistics.median(timed(torch.softmax, q, 1)[0] for _ in range(5))
-    print(f"per iteration: message of both kernels for 21 labels {per_message:.3f} s (one sparse "
-          f"splat, 9 blurs, one sparse slice) + softmax {per_softmax:.3f} s")  # fmt: skip
+    print(
+        f"per iteration: message of both kernels for 21 labels {per_message:.3f} s (one sparse "
+        f"splat, 9 blurs, one sparse slice) + softmax {per_softmax:.3f} s"
+    )
 
     # -- 4. the exact method -----------------------------------------------------------------
     if args.skip_naive:
@@ -420,9 +437,11 @@ def main() -> None:
         else:  # 22 exact filterings (2 kernels x 10 iterations + 2 normalisers)
             naive_time = f"~{22 * per_filter:.1f} s (22 x one filtering)"
         held = "whole matrix kept" if exact.kernel is not None else "one chunk of rows"
-        print(f"naive {size}x{size} ({n} pixels, {n * n / 1e6:.0f}M kernel entries): one "
-              f"filtering {per_filter:.3f} s, 10 iterations {naive_time}, kernel memory "
-              f"{memory / 2**20:.0f} MiB ({held}); lattice: {lattice_time:.3f} s")  # fmt: skip
+        print(
+            f"naive {size}x{size} ({n} pixels, {n * n / 1e6:.0f}M kernel entries): one "
+            f"filtering {per_filter:.3f} s, 10 iterations {naive_time}, kernel memory "
+            f"{memory / 2**20:.0f} MiB ({held}); lattice: {lattice_time:.3f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,10 @@ def main() -> None:
     print(f"ours (ConfusionMatrix.update)             {t_ours * 1e3:8.1f} ms")
     print(f"torchmetrics MulticlassConfusionMatrix    {t_confusion * 1e3:8.1f} ms")
     print(f"torchmetrics MulticlassJaccardIndex       {t_jaccard * 1e3:8.1f} ms")
-    print(f"ratio torchmetrics / ours: confusion matrix {t_confusion / t_ours:.2f}x, "
-          f"Jaccard index {t_jaccard / t_ours:.2f}x (> 1: ours is faster)")  # fmt: skip
+    print(
+        f"ratio torchmetrics / ours: confusion matrix {t_confusion / t_ours:.2f}x, "
+        f"Jaccard index {t_jaccard / t_ours:.2f}x (> 1: ours is faster)"
+    )
 
 
 if __name__ == "__main__":

@@ -72,15 +72,17 @@ class TorchvisionDeepLabV3(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=False,
-                                      num_classes=NUM_CLASSES)  # fmt: skip
+        self.net = deeplabv3_resnet50(
+            weights=None, weights_backbone=None, aux_loss=False, num_classes=NUM_CLASSES
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)["out"]
 
 
-def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                  target: torch.Tensor) -> Callable[[], None]:  # fmt: skip
+def training_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor
+) -> Callable[[], None]:
     """One step of training with the loss each network trains with: the package's (labels
     subsampled by 8) for DeepLab, cross-entropy at full resolution for DeepLabV3, and against
     labels picked on its grid for the stride-32 reference."""
@@ -127,15 +129,18 @@ def main() -> None:
     device = runtime.device()
     runtime.seed_everything(0)
     print(runtime.describe("random 321x321 crops"))
-    print(f"crop {args.crop}, batch {args.batch}, best of {args.repeats} steps after a warm-up; "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"crop {args.crop}, batch {args.batch}, best of {args.repeats} steps after a warm-up; "
+        f"{torch.get_num_threads()} threads"
+    )
     peak = matmul_gflops(device)
     print(f"matrix multiply (1024x1024, float32) before: {peak:.1f} GFLOP/s")
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, args.crop, args.crop, generator=generator).to(device)
-    target = torch.randint(0, NUM_CLASSES, (args.batch, args.crop, args.crop),
-                           generator=generator).to(device)  # fmt: skip
+    target = torch.randint(
+        0, NUM_CLASSES, (args.batch, args.crop, args.crop), generator=generator
+    ).to(device)
     config = TrainConfig()
 
     def largefov() -> nn.Module:
@@ -153,12 +158,12 @@ def main() -> None:
             lambda: VGGFeaturesClassifier().to(device).train(),
             contextlib.nullcontext(),
             False,
-        ),  # fmt: skip
+        ),
         "DeepLabV3-ResNet50 (tv)": (
             lambda: TorchvisionDeepLabV3().to(device).train(),
             contextlib.nullcontext(),
             False,
-        ),  # fmt: skip
+        ),
         "LargeFOV, channels-last": (largefov, contextlib.nullcontext(), True),
         "LargeFOV, oneDNN off": (largefov, mkldnn(False), False),
     }
@@ -180,17 +185,23 @@ def main() -> None:
     peak = max(peak, matmul_gflops(device))
     print(f"matrix multiply, best of before/after: {peak:.1f} GFLOP/s\n")
 
-    print(f"{'network':26s} {'GMAC/img':>9s} {'step s':>7s} {'img/s':>6s} {'GFLOP/s':>8s} "
-          f"{'of mm':>6s}")  # fmt: skip
+    print(
+        f"{'network':26s} {'GMAC/img':>9s} {'step s':>7s} {'img/s':>6s} {'GFLOP/s':>8s} "
+        f"{'of mm':>6s}"
+    )
     gflops = {}
     for name, (macs, seconds) in rows.items():
         gflops[name] = 3 * 2 * macs * args.batch / seconds / 1e9  # forward + backward = 3x
-        print(f"{name:26s} {macs / 1e9:9.2f} {seconds:7.2f} {args.batch / seconds:6.2f} "
-              f"{gflops[name]:8.1f} {gflops[name] / peak:6.2f}")  # fmt: skip
+        print(
+            f"{name:26s} {macs / 1e9:9.2f} {seconds:7.2f} {args.batch / seconds:6.2f} "
+            f"{gflops[name]:8.1f} {gflops[name] / peak:6.2f}"
+        )
     ours, vgg = gflops["DeepLab-LargeFOV"], gflops["VGG-16 features + 1x1"]
     print(f"\nLargeFOV GFLOP/s vs VGG-16 features + 1x1: {ours / vgg:.2f}x (goal: >= 0.8x)")
-    print(f"LargeFOV GFLOP/s vs DeepLabV3-ResNet50:    "
-          f"{ours / gflops['DeepLabV3-ResNet50 (tv)']:.2f}x (information)")  # fmt: skip
+    print(
+        f"LargeFOV GFLOP/s vs DeepLabV3-ResNet50:    "
+        f"{ours / gflops['DeepLabV3-ResNet50 (tv)']:.2f}x (information)"
+    )
     time_ratio = rows["DeepLab-LargeFOV"][1] / rows["DeepLabV3-ResNet50 (tv)"][1]
     print(f"LargeFOV step time vs DeepLabV3-ResNet50:  {time_ratio:.2f}x (below 1: faster)")
     for name in ("LargeFOV, channels-last", "LargeFOV, oneDNN off"):

@@ -43,10 +43,19 @@ class UsageError(Exception):
 
 def _mode_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--fast", dest="fast", action="store_true", default=None,
-                       help="laptop-sized values (the default, on a GPU too)")  # fmt: skip
-    group.add_argument("--full", dest="fast", action="store_false",
-                       help="the paper's values (only when asked: VOC, a GPU)")  # fmt: skip
+    group.add_argument(
+        "--fast",
+        dest="fast",
+        action="store_true",
+        default=None,
+        help="laptop-sized values (the default, on a GPU too)",
+    )
+    group.add_argument(
+        "--full",
+        dest="fast",
+        action="store_false",
+        help="the paper's values (only when asked: VOC, a GPU)",
+    )
 
 
 def _both(name: str, full: runtime.ModeConfig, fast: runtime.ModeConfig) -> str:
@@ -55,26 +64,47 @@ def _both(name: str, full: runtime.ModeConfig, fast: runtime.ModeConfig) -> str:
 
 def _add_train(sub: Subparsers) -> None:
     full, fast = TrainConfig(), TrainConfig.fast()
-    p = sub.add_parser("train", help="train a DeepLab network (paper sections 3.1 and 5)",
-                       description="Train with the paper's recipe. Several GPUs: "
-                       "torchrun --nproc_per_node=N -m deeplab_edu train ...")  # fmt: skip
+    p = sub.add_parser(
+        "train",
+        help="train a DeepLab network (paper sections 3.1 and 5)",
+        description="Train with the paper's recipe. Several GPUs: "
+        "torchrun --nproc_per_node=N -m deeplab_edu train ...",
+    )
     _mode_flags(p)
     p.add_argument("--variant", choices=VARIANTS, help=_both("variant", full, fast))
     p.add_argument("--width", type=float, help=_both("width", full, fast))
-    p.add_argument("--msc", action="store_true", default=None,
-                   help="DeepLab-MSc, the paper's second stage: add the multi-scale branches to "
-                   "the network of --init (a trained DeepLab's checkpoint.pt) and train them "
-                   "and fc8, the rest frozen")  # fmt: skip
+    p.add_argument(
+        "--msc",
+        action="store_true",
+        default=None,
+        help="DeepLab-MSc, the paper's second stage: add the multi-scale branches to "
+        "the network of --init (a trained DeepLab's checkpoint.pt) and train them "
+        "and fc8, the rest frozen",
+    )
     p.add_argument("--init", help=_both("init", full, fast) + " or a checkpoint file")
-    p.add_argument("--dataset", help=_both("dataset", full, fast) + " or a folder of your own "
-                   "(images/ + masks/ + classes.txt, or VOC's layout)")  # fmt: skip
-    p.add_argument("--split", help="training split (paper: train_aug; --fast and a folder of "
-                   "your own: train)")  # fmt: skip
-    p.add_argument("--crop", type=int, help="training crop side (paper: the variant's released "
-                   f"crop, 321, 306 for DeepLab; --fast: {fast.crop})")  # fmt: skip
-    for name, kind in (("iterations", int), ("batch_size", int), ("lr", float),
-                       ("lr_step", int), ("seed", int),
-                       ("checkpoint_every", int), ("num_workers", int)):  # fmt: skip
+    p.add_argument(
+        "--dataset",
+        help=_both("dataset", full, fast) + " or a folder of your own "
+        "(images/ + masks/ + classes.txt, or VOC's layout)",
+    )
+    p.add_argument(
+        "--split", help="training split (paper: train_aug; --fast and a folder of your own: train)"
+    )
+    p.add_argument(
+        "--crop",
+        type=int,
+        help="training crop side (paper: the variant's released "
+        f"crop, 321, 306 for DeepLab; --fast: {fast.crop})",
+    )
+    for name, kind in (
+        ("iterations", int),
+        ("batch_size", int),
+        ("lr", float),
+        ("lr_step", int),
+        ("seed", int),
+        ("checkpoint_every", int),
+        ("num_workers", int),
+    ):
         p.add_argument("--" + name.replace("_", "-"), type=kind, help=_both(name, full, fast))
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, logs)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
@@ -97,8 +127,13 @@ def _crf_options(p: argparse.ArgumentParser, params: CRFParams) -> None:
     for name, value in params.to_dict().items():
         kind = type(value)
         extra = {"choices": NORMALIZATIONS} if name == "normalization" else {}
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, **extra,
-                       help=f"CRF {name} (default: {value})")  # fmt: skip
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=None,
+            **extra,
+            help=f"CRF {name} (default: {value})",
+        )
 
 
 def _add_evaluate(sub: Subparsers) -> None:
@@ -107,13 +142,17 @@ def _add_evaluate(sub: Subparsers) -> None:
     _eval_options(p, full, fast)
     p.add_argument("--max-images", type=int, help="score only the first N images")
     p.add_argument("--no-crf", action="store_true", help="skip the CRF")
-    p.add_argument("--crf-from", type=Path,
-                   help="the JSON written by crf-search: use the parameters it chose, and score "
-                   "the images it did not tune on separately too")  # fmt: skip
+    p.add_argument(
+        "--crf-from",
+        type=Path,
+        help="the JSON written by crf-search: use the parameters it chose, and score "
+        "the images it did not tune on separately too",
+    )
     _crf_options(p, CRFParams())
     p.add_argument("--out", type=Path, required=True, help="the results JSON to write")
-    p.add_argument("--force", action="store_true",
-                   help="replace --out even if evaluate did not write it")  # fmt: skip
+    p.add_argument(
+        "--force", action="store_true", help="replace --out even if evaluate did not write it"
+    )
 
 
 def _add_search(sub: Subparsers) -> None:
@@ -121,13 +160,21 @@ def _add_search(sub: Subparsers) -> None:
     p = sub.add_parser("crf-search", help="cross-validate w1, theta_alpha, theta_beta")
     _eval_options(p, full, fast)
     p.add_argument("--num-images", type=int, help=_both("num_images", full, fast))
-    p.add_argument("--seed", type=int, help="which images tune the CRF (drawn at random): "
-                   + _both("seed", full, fast))  # fmt: skip
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="which images tune the CRF (drawn at random): " + _both("seed", full, fast),
+    )
     for name in ("w1", "theta_alpha", "theta_beta"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, nargs="+",
-                       help="coarse grid: " + _both(name, full, fast))  # fmt: skip
-    p.add_argument("--normalization", choices=NORMALIZATIONS,
-                   help=_both("normalization", full, fast))  # fmt: skip
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=float,
+            nargs="+",
+            help="coarse grid: " + _both(name, full, fast),
+        )
+    p.add_argument(
+        "--normalization", choices=NORMALIZATIONS, help=_both("normalization", full, fast)
+    )
     p.add_argument("--max-recentres", type=int, help=_both("max_recentres", full, fast))
     p.add_argument(
         "--out",
@@ -144,9 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="DeepLab v1 reproduced: data, training, evaluation, CRF search.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    p = sub.add_parser("download", help="fetch VOC 2012 + SBD, or the VGG-16 weights",
-                       description="voc: VOC 2012 and SBD, checksummed, and the train_aug list "
-                       "built from them; vgg16: torchvision's IMAGENET1K_V1 weights.")  # fmt: skip
+    p = sub.add_parser(
+        "download",
+        help="fetch VOC 2012 + SBD, or the VGG-16 weights",
+        description="voc: VOC 2012 and SBD, checksummed, and the train_aug list "
+        "built from them; vgg16: torchvision's IMAGENET1K_V1 weights.",
+    )
     p.add_argument("what", choices=("voc", "vgg16", "all"), help="what to download")
     p.add_argument("--root", type=Path, help="where to put it (default: the data root)")
     p = sub.add_parser("make-toy-data", help="generate the VOC-format teaching set")
@@ -158,10 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_search(sub)
-    p = sub.add_parser("grade", help="check a student's functions against the package's own",
-                       description="Runs the checker of every exercise whose function the file "
-                       "defines: " + ", ".join(e.function for e in EXERCISES.values()) + ". "
-                       "Exit status 0 if all of them pass, 1 if one does not.")  # fmt: skip
+    p = sub.add_parser(
+        "grade",
+        help="check a student's functions against the package's own",
+        description="Runs the checker of every exercise whose function the file "
+        "defines: " + ", ".join(e.function for e in EXERCISES.values()) + ". "
+        "Exit status 0 if all of them pass, 1 if one does not.",
+    )
     p.add_argument("submission", type=Path, help="a Python file defining the functions")
     return parser
 
@@ -201,14 +254,16 @@ def _is_results(path: Path) -> bool:
 
 def _evaluate(args: argparse.Namespace) -> None:
     refuse_input(args.out, {"--checkpoint": args.checkpoint, "--crf-from": args.crf_from}, "--out")
-    refuse_foreign(args.out, owned=args.force or _is_results(args.out), writer="evaluate",
-                   force="--force")  # fmt: skip
+    refuse_foreign(
+        args.out, owned=args.force or _is_results(args.out), writer="evaluate", force="--force"
+    )
     base = EvalConfig.for_mode(args.fast)
     crf, tuned_on = (CRFParams(), None) if args.crf_from is None else load_best(args.crf_from)
     changes = {k: v for k, v in vars(args).items() if k in crf.to_dict() and v is not None}
     crf = None if args.no_crf else dataclasses.replace(crf, **changes)
-    config = dataclasses.replace(base, crf=crf, pad_to=_pad(args, base.pad_to),
-                                 max_images=args.max_images)  # fmt: skip
+    config = dataclasses.replace(
+        base, crf=crf, pad_to=_pad(args, base.pad_to), max_images=args.max_images
+    )
     model, dataset = _load(args)
     held_out = None
     if tuned_on is not None:
@@ -231,8 +286,11 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _search(args: argparse.Namespace) -> None:
     base = SearchConfig.for_mode(args.fast)
-    changes = {name: tuple(getattr(args, name)) for name in ("w1", "theta_alpha", "theta_beta")
-               if getattr(args, name) is not None}  # fmt: skip
+    changes = {
+        name: tuple(getattr(args, name))
+        for name in ("w1", "theta_alpha", "theta_beta")
+        if getattr(args, name) is not None
+    }
     for name in ("num_images", "seed", "normalization", "max_recentres"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
@@ -243,9 +301,11 @@ def _search(args: argparse.Namespace) -> None:
     result = search(model, dataset, config, state_path=args.out, progress=not args.no_progress)
     for note in result.notes:
         print(f"note: {note}")
-    print(f"best {result.best} mean IoU {100 * result.best_miou:.2f} "
-          f"(without CRF {100 * result.dcnn_miou:.2f}) on {len(result.images)} images; "
-          f"trials in {args.out}")  # fmt: skip
+    print(
+        f"best {result.best} mean IoU {100 * result.best_miou:.2f} "
+        f"(without CRF {100 * result.dcnn_miou:.2f}) on {len(result.images)} images; "
+        f"trials in {args.out}"
+    )
 
 
 def _download(args: argparse.Namespace) -> None:
@@ -265,8 +325,10 @@ def _make_toy(args: argparse.Namespace) -> None:
     if args.out is None:
         raise UsageError("--out is needed with --n-train/--n-val/--size")
     defaults = ToyConfig()  # the sizes not given are the teaching set's
-    sizes = {k: getattr(defaults, k) if getattr(args, k) is None else getattr(args, k)
-             for k in ("n_train", "n_val", "size")}  # fmt: skip
+    sizes = {
+        k: getattr(defaults, k) if getattr(args, k) is None else getattr(args, k)
+        for k in ("n_train", "n_val", "size")
+    }
     print(f"teaching set in {make_toy_voc(args.out, seed=args.seed, **sizes)}")
 
 
@@ -302,8 +364,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": _train, "evaluate": _evaluate, "crf-search": _search,
-                "download": _download, "make-toy-data": _make_toy, "grade": _grade}  # fmt: skip
+    handlers = {
+        "train": _train,
+        "evaluate": _evaluate,
+        "crf-search": _search,
+        "download": _download,
+        "make-toy-data": _make_toy,
+        "grade": _grade,
+    }
     try:
         status = handlers[args.command](args)
     except (UsageError, OSError, ValueError, FloatingPointError) as error:
@@ -323,8 +391,10 @@ def _what_was_kept(args: argparse.Namespace) -> str:
     if args.command == "train":
         checkpoint = args.out / "checkpoint.pt"
         if checkpoint.is_file():
-            return (f"; the last checkpoint is {checkpoint}: run the same command with --resume "
-                    "to continue")  # fmt: skip
+            return (
+                f"; the last checkpoint is {checkpoint}: run the same command with --resume "
+                "to continue"
+            )
         return "; no checkpoint had been written yet"
     if args.command == "crf-search" and args.out.is_file():
         return f"; the trials scored so far are in {args.out}: run the same command to resume"

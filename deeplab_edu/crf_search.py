@@ -70,8 +70,11 @@ class SearchConfig(runtime.ModeConfig):
     # fast mode: theta_alpha scaled by 1/4 (the range 50..100 becomes 12.5..25, its two ends),
     # theta_beta every 3 units of 3..9, 8 images, native size
     FAST: ClassVar[dict] = dict(
-        theta_alpha=(12.5, 25.0), theta_beta=(3.0, 6.0, 9.0), num_images=8, pad_to=None,
-    )  # fmt: skip
+        theta_alpha=(12.5, 25.0),
+        theta_beta=(3.0, 6.0, 9.0),
+        num_images=8,
+        pad_to=None,
+    )
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
@@ -95,9 +98,15 @@ class SearchConfig(runtime.ModeConfig):
 
     def params(self, w1: float, theta_alpha: float, theta_beta: float) -> CRFParams:
         """The CRF of one trial: the searched values with this search's fixed ones."""
-        return CRFParams(w1=w1, theta_alpha=theta_alpha, theta_beta=theta_beta, w2=self.w2,
-                         theta_gamma=self.theta_gamma, iterations=self.iterations,
-                         normalization=self.normalization)  # fmt: skip
+        return CRFParams(
+            w1=w1,
+            theta_alpha=theta_alpha,
+            theta_beta=theta_beta,
+            w2=self.w2,
+            theta_gamma=self.theta_gamma,
+            iterations=self.iterations,
+            normalization=self.normalization,
+        )
 
 
 @dataclass
@@ -274,8 +283,7 @@ def search(
     def as_point(trial: dict) -> Point:
         return tuple(trial[name] for name in AXES)
 
-    best = run(list(itertools.product(config.w1, config.theta_alpha, config.theta_beta)),
-               "coarse")  # fmt: skip
+    best = run(list(itertools.product(config.w1, config.theta_alpha, config.theta_beta)), "coarse")
     steps = tuple(_step(getattr(config, name)) / 2 for name in AXES)
     notes = []
     for move in range(config.max_recentres + 1):
@@ -293,8 +301,9 @@ def search(
             notes.append(f"fine grid {move + 1}: {', '.join(edges)}; recentred there")
     bar.close()
     params = config.params(*as_point(best))
-    state.update(best=params.to_dict(), best_miou=best["miou"], dcnn_miou=baseline.miou(),
-                 notes=notes)  # fmt: skip
+    state.update(
+        best=params.to_dict(), best_miou=best["miou"], dcnn_miou=baseline.miou(), notes=notes
+    )
     if state_path is not None:
         write_results(state, state_path)
     return SearchResult(list(state["trials"]), params, best["miou"], baseline.miou(), images, notes)
@@ -318,8 +327,10 @@ def load_best(path: str | Path) -> tuple[CRFParams, list[int]]:
     best = CRFParams(**runtime.checked_fields(CRFParams, saved["best"], f"{path}, entry 'best'"))
     images = saved.get("images", [])
     if not isinstance(images, list) or not all(_is_index(i) for i in images):
-        raise ValueError(f"{path}, entry 'images': expected a list of image indices (ints >= 0), "
-                         f"got {images!r:.80}")  # fmt: skip
+        raise ValueError(
+            f"{path}, entry 'images': expected a list of image indices (ints >= 0), "
+            f"got {images!r:.80}"
+        )
     return best, images
 
 

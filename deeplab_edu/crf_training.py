@@ -64,16 +64,21 @@ class LearnConfig(runtime.ModeConfig):
         """Raise ValueError naming the first bad value."""
         counts = (self.crf_steps, self.crf_batch, self.joint_steps, self.joint_batch)
         if min(counts) < 1:
-            raise ValueError(f"steps and batch sizes must be >= 1, got crf_steps, crf_batch, "
-                             f"joint_steps, joint_batch = {counts}")  # fmt: skip
+            raise ValueError(
+                f"steps and batch sizes must be >= 1, got crf_steps, crf_batch, "
+                f"joint_steps, joint_batch = {counts}"
+            )
         if not (self.crf_lr > 0 and self.joint_crf_lr > 0 and self.max_grad_norm > 0):
-            raise ValueError(f"learning rates and max_grad_norm must be > 0, got crf_lr="
-                             f"{self.crf_lr}, joint_crf_lr={self.joint_crf_lr}, max_grad_norm="
-                             f"{self.max_grad_norm}")  # fmt: skip
+            raise ValueError(
+                f"learning rates and max_grad_norm must be > 0, got crf_lr="
+                f"{self.crf_lr}, joint_crf_lr={self.joint_crf_lr}, max_grad_norm="
+                f"{self.max_grad_norm}"
+            )
 
 
-def crf_loss(crf: MeanFieldCRF, image: torch.Tensor, logits: torch.Tensor,
-             target: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def crf_loss(
+    crf: MeanFieldCRF, image: torch.Tensor, logits: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
     """Mean cross-entropy of the CRF's Q against ``target`` (void ignored).
 
     Args:
@@ -96,9 +101,12 @@ def network_samples(
 
 
 def fit_crf(
-    crf: MeanFieldCRF, samples: Sequence[Sample], config: LearnConfig | None = None, *,
+    crf: MeanFieldCRF,
+    samples: Sequence[Sample],
+    config: LearnConfig | None = None,
+    *,
     progress: bool = True,
-) -> list[float]:  # fmt: skip
+) -> list[float]:
     """Recipe 2: fit the CRF's weights and compatibilities to ``samples``, the network fixed.
 
     Each step averages the loss over ``config.crf_batch`` samples (all of them when there are
@@ -121,8 +129,13 @@ def fit_crf(
         generator = torch.Generator().manual_seed(derived_seed(config.seed, step))
         chosen = torch.randperm(len(samples), generator=generator)[:batch].tolist()
         optimizer.zero_grad()
-        loss = sum(crf_loss(crf, samples[i][0][None], samples[i][1][None], samples[i][2][None])
-                   for i in chosen) / batch  # fmt: skip
+        loss = (
+            sum(
+                crf_loss(crf, samples[i][0][None], samples[i][1][None], samples[i][2][None])
+                for i in chosen
+            )
+            / batch
+        )
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
@@ -130,9 +143,14 @@ def fit_crf(
 
 
 def fine_tune_jointly(
-    model: nn.Module, crf: MeanFieldCRF, dataset: Dataset, config: LearnConfig | None = None,
-    *, network_lr: float, progress: bool = True,
-) -> list[float]:  # fmt: skip
+    model: nn.Module,
+    crf: MeanFieldCRF,
+    dataset: Dataset,
+    config: LearnConfig | None = None,
+    *,
+    network_lr: float,
+    progress: bool = True,
+) -> list[float]:
     """Recipe 3: fine-tune ``model`` and ``crf`` together on ``dataset`` (training images).
 
     ``network_lr`` is the network's step size; the chapter passes the last rate of the

@@ -97,9 +97,12 @@ def predict_probs(
 
 
 def network_outputs(
-    model: nn.Module, dataset: Dataset, indices: Iterable[int] | None = None, *,
+    model: nn.Module,
+    dataset: Dataset,
+    indices: Iterable[int] | None = None,
+    *,
     pad_to: int | None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # fmt: skip
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Run the fixed network once on each image of ``dataset`` (or those at ``indices``), for
     the CRF's search and training, which then reuse the outputs.
 
@@ -243,10 +246,11 @@ def environment() -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-    }  # fmt: skip
+    }
 
 
 def write_results(summary: dict, path: str | Path) -> Path:

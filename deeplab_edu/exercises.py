@@ -171,15 +171,20 @@ def _subsample_cases() -> Iterator[tuple[str, Callable[[Callable], None]]]:
 def _conv_cases() -> Iterator[tuple[str, Callable[[Callable], None]]]:
     g = _generator(1)
     for c_in, c_out, size, kernel, rate in (
-        (1, 1, 9, 3, 1), (2, 3, 12, 3, 2), (3, 2, 17, 3, 4), (2, 2, 10, 1, 3),
-        (1, 2, 11, 2, 3), (2, 1, (9, 14), 3, 2),
-    ):  # fmt: skip
+        (1, 1, 9, 3, 1),
+        (2, 3, 12, 3, 2),
+        (3, 2, 17, 3, 4),
+        (2, 2, 10, 1, 3),
+        (1, 2, 11, 2, 3),
+        (2, 1, (9, 14), 3, 2),
+    ):
         h, w = size if isinstance(size, tuple) else (size, size)
         x = torch.randn(2, c_in, h, w, generator=g)
         weight = torch.randn(c_out, c_in, kernel, kernel, generator=g)
 
-        def run(fn: Callable, x: torch.Tensor = x, weight: torch.Tensor = weight,
-                rate: int = rate) -> None:  # fmt: skip
+        def run(
+            fn: Callable, x: torch.Tensor = x, weight: torch.Tensor = weight, rate: int = rate
+        ) -> None:
             def reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
                 return atrous_conv2d(x, weight, rate=rate, padding=0)
 
@@ -196,8 +201,9 @@ def _upsample_cases() -> Iterator[tuple[str, Callable[[Callable], None]]]:
         cells = (score_cells(height), score_cells(width))
         scores = torch.randn(2, 3, *cells, generator=g)
 
-        def run(fn: Callable, scores: torch.Tensor = scores,
-                size: tuple[int, int] = (height, width)) -> None:  # fmt: skip
+        def run(
+            fn: Callable, scores: torch.Tensor = scores, size: tuple[int, int] = (height, width)
+        ) -> None:
             expected = upsample_scores(scores, size)
             got = fn(scores.clone(), size)
             what = f"scores {tuple(scores.shape)} to {size[0]}x{size[1]} pixels"
@@ -218,8 +224,12 @@ def _loss_cases() -> Iterator[tuple[str, Callable[[Callable], None]]]:
         target = torch.randint(0, classes, (batch, side, side), generator=g)
         target[torch.rand(target.shape, generator=g) < void] = IGNORE_INDEX
 
-        def run(fn: Callable, scores: torch.Tensor = scores, target: torch.Tensor = target,
-                void: float = void) -> None:  # fmt: skip
+        def run(
+            fn: Callable,
+            scores: torch.Tensor = scores,
+            target: torch.Tensor = target,
+            void: float = void,
+        ) -> None:
             what = f"scores {tuple(scores.shape)}, labels {tuple(target.shape)}"
             if void == 1.0:
                 what += " (every label void)"
@@ -230,8 +240,9 @@ def _loss_cases() -> Iterator[tuple[str, Callable[[Callable], None]]]:
                     f"{what}: the loss must be one number (0-d), got shape {tuple(got.shape)}"
                 )
             _same(got, expected, what)
-            _gradients(lambda s: fn(s, target), lambda s: segmentation_loss(s, target),
-                       [scores], what)  # fmt: skip
+            _gradients(
+                lambda s: fn(s, target), lambda s: segmentation_loss(s, target), [scores], what
+            )
 
         yield f"batch {batch} of {side}x{side} crops, {classes} classes, {void:.0%} void", run
 
@@ -261,8 +272,11 @@ def _miou_run(truth: torch.Tensor, pred: torch.Tensor, classes: int) -> Callable
         matrix.update(pred, truth)
         expected = matrix.miou()
         got = fn(pred.clone(), truth.clone(), classes)
-        shown = (f"truth {truth.tolist()}, prediction {pred.tolist()}" if truth.numel() < 10
-                 else f"{truth.numel()} random pixels")  # fmt: skip
+        shown = (
+            f"truth {truth.tolist()}, prediction {pred.tolist()}"
+            if truth.numel() < 10
+            else f"{truth.numel()} random pixels"
+        )
         what = f"{shown}, {classes} classes"
         if isinstance(got, torch.Tensor) and got.numel() == 1:
             got = got.item()
@@ -283,15 +297,21 @@ def _mean_field_cases() -> Iterator[tuple[str, Callable[[Callable], None]]]:
         message = PairwiseMessage(filters, [4.0, 3.0], "after", exclude_self=True)
         unary = -torch.log_softmax(torch.randn(points, classes, generator=g) * 2, dim=1)
 
-        def run(fn: Callable, unary: torch.Tensor = unary, message: PairwiseMessage = message,
-                iterations: int = iterations) -> None:  # fmt: skip
+        def run(
+            fn: Callable,
+            unary: torch.Tensor = unary,
+            message: PairwiseMessage = message,
+            iterations: int = iterations,
+        ) -> None:
             what = f"{unary.shape[0]} points, {unary.shape[1]} labels, {iterations} updates"
             got = fn(unary.clone(), message, iterations)
             if isinstance(got, torch.Tensor) and got.shape == unary.shape:
                 sums = got.sum(1)
                 if not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
-                    raise Mismatch(f"{what}: each row of Q is a distribution and must sum to 1, "
-                                   f"row 0 sums to {sums[0].item():.4f}")  # fmt: skip
+                    raise Mismatch(
+                        f"{what}: each row of Q is a distribution and must sum to 1, "
+                        f"row 0 sums to {sums[0].item():.4f}"
+                    )
             if iterations == 0:
                 what = f"{what} (no update: Q is the initialisation)"
             _same(got, iterate(unary, message, iterations)[0], what)
@@ -324,9 +344,10 @@ def _elevate_cases() -> Iterator[tuple[str, Callable[[Callable], None]]]:
                     raise Mismatch(
                         f"{what}: distances must all grow by the same factor sqrt(2/3)(d+1) = "
                         f"{scale:.4f}; between points 0 and 1 they grew by {ratio[0]:.4f}"
-                    )  # fmt: skip
-            _same(got, expected, f"{what} (the lattice's own basis E and coordinate order)",
-                  atol=1e-4)  # fmt: skip
+                    )
+            _same(
+                got, expected, f"{what} (the lattice's own basis E and coordinate order)", atol=1e-4
+            )
 
         yield f"{points} points in d = {dim}", run
 
@@ -334,30 +355,51 @@ def _elevate_cases() -> Iterator[tuple[str, Callable[[Callable], None]]]:
 EXERCISES: dict[str, Exercise] = {
     e.name: e
     for e in (
-        Exercise("data.subsample_labels", "subsample_labels",
-                 "subsample_labels(target (B, H, W) int64) -> (B, h, w) labels at stride 8",
-                 _subsample_cases),
-        Exercise("atrous.conv2d", "atrous_conv2d",
-                 "atrous_conv2d(x (B, C_in, H, W), weight (C_out, C_in, k, k), rate) -> "
-                 "(B, C_out, H - r(k-1), W - r(k-1)), no padding, without conv's dilation=",
-                 _conv_cases),
-        Exercise("network.upsample_scores", "upsample_scores",
-                 "upsample_scores(scores (B, C, h, w), size (H, W)) -> (B, C, H, W)",
-                 _upsample_cases),
-        Exercise("training.segmentation_loss", "segmentation_loss",
-                 "segmentation_loss(scores (B, C, h, w), target (B, H, W)) -> 0-d loss",
-                 _loss_cases),
-        Exercise("metrics.mean_iou", "mean_iou",
-                 "mean_iou(pred (N,), target (N,), num_classes) -> float, void (255) ignored",
-                 _miou_cases),
-        Exercise("crf.mean_field", "mean_field",
-                 "mean_field(unary (N, C), message, iterations) -> Q (N, C), message(Q) -> (N, C)",
-                 _mean_field_cases),
-        Exercise("permutohedral.elevate", "elevate",
-                 "elevate(features (N, d)) -> (N, d + 1) points on the plane sum(y) = 0",
-                 _elevate_cases),
+        Exercise(
+            "data.subsample_labels",
+            "subsample_labels",
+            "subsample_labels(target (B, H, W) int64) -> (B, h, w) labels at stride 8",
+            _subsample_cases,
+        ),
+        Exercise(
+            "atrous.conv2d",
+            "atrous_conv2d",
+            "atrous_conv2d(x (B, C_in, H, W), weight (C_out, C_in, k, k), rate) -> "
+            "(B, C_out, H - r(k-1), W - r(k-1)), no padding, without conv's dilation=",
+            _conv_cases,
+        ),
+        Exercise(
+            "network.upsample_scores",
+            "upsample_scores",
+            "upsample_scores(scores (B, C, h, w), size (H, W)) -> (B, C, H, W)",
+            _upsample_cases,
+        ),
+        Exercise(
+            "training.segmentation_loss",
+            "segmentation_loss",
+            "segmentation_loss(scores (B, C, h, w), target (B, H, W)) -> 0-d loss",
+            _loss_cases,
+        ),
+        Exercise(
+            "metrics.mean_iou",
+            "mean_iou",
+            "mean_iou(pred (N,), target (N,), num_classes) -> float, void (255) ignored",
+            _miou_cases,
+        ),
+        Exercise(
+            "crf.mean_field",
+            "mean_field",
+            "mean_field(unary (N, C), message, iterations) -> Q (N, C), message(Q) -> (N, C)",
+            _mean_field_cases,
+        ),
+        Exercise(
+            "permutohedral.elevate",
+            "elevate",
+            "elevate(features (N, d)) -> (N, d + 1) points on the plane sum(y) = 0",
+            _elevate_cases,
+        ),
     )
-}  # fmt: skip
+}
 
 
 def check(exercise: str, fn: Callable, *, verbose: bool = True) -> Report:
@@ -393,8 +435,10 @@ def check(exercise: str, fn: Callable, *, verbose: bool = True) -> Report:
             break
         except Exception as error:  # noqa: BLE001 - the student's code: report, never crash
             where = _student_line(error, fn)
-            message = (f"Case {passed + 1} ({description}): your function raised "
-                       f"{type(error).__name__}: {error}{where}")  # fmt: skip
+            message = (
+                f"Case {passed + 1} ({description}): your function raised "
+                f"{type(error).__name__}: {error}{where}"
+            )
             break
         passed += 1
     else:

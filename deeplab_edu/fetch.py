@@ -185,8 +185,12 @@ def download(
     kind = ChecksumError if all(isinstance(e, ChecksumError) for e in errors) else ConnectionError
     reasons = "; ".join(f"{s}: {e}" for s, e in zip(sources, errors, strict=True))
     cause = "" if kind is ChecksumError else " The host may be down."
-    kept = (f" The {partial.stat().st_size} bytes received are kept in {partial}; the next "
-            "attempt resumes from them." if partial.is_file() else "")  # fmt: skip
+    kept = (
+        f" The {partial.stat().st_size} bytes received are kept in {partial}; the next "
+        "attempt resumes from them."
+        if partial.is_file()
+        else ""
+    )
     raise kind(
         f"could not download {destination.name} ({reasons}).{cause}{kept} Fetch the file from "
         f"any mirror yourself and save it as {destination} (its {algorithm.upper()} must start "

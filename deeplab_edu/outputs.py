@@ -88,8 +88,10 @@ def refuse_input(out: str | Path, inputs: Mapping[str, str | Path | None], flag:
         raise IsADirectoryError(f"{flag} {out} is a folder; expected a file path")
     for name, path in inputs.items():
         if path is not None and out.resolve() == Path(path).resolve():
-            raise ValueError(f"{flag} {out} is this command's {name} input; writing there would "
-                             f"destroy it: choose another {flag}")  # fmt: skip
+            raise ValueError(
+                f"{flag} {out} is this command's {name} input; writing there would "
+                f"destroy it: choose another {flag}"
+            )
 
 
 def refuse_foreign(path: str | Path, *, owned: bool, writer: str, force: str | None) -> None:
@@ -108,8 +110,9 @@ def refuse_foreign(path: str | Path, *, owned: bool, writer: str, force: str | N
     path = Path(path)
     if path.exists() and not owned:
         hint = f", or pass {force} to replace it" if force else " (or move it away)"
-        raise FileExistsError(f"{path} exists and was not written by {writer}; choose another "
-                              f"location{hint}")  # fmt: skip
+        raise FileExistsError(
+            f"{path} exists and was not written by {writer}; choose another location{hint}"
+        )
 
 
 @contextlib.contextmanager

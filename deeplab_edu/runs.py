@@ -69,24 +69,33 @@ def load_trained(
             f"{path} holds a {config.variant!r} checkpoint (width={config.width}), "
             f"not {variant!r}; pass --variant {config.variant!r} or another checkpoint"
         )
-    bad = [name for name, tensor in state["model"].items()
-           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]  # fmt: skip
+    bad = [
+        name
+        for name, tensor in state["model"].items()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
     if bad:
         raise ValueError(
             f"{path}: weights {bad[:3]} hold NaN or infinite values (a diverged or damaged "
             "run); nothing was evaluated: use an earlier checkpoint or train again"
         )
     classes = state.get("classes", list(CLASSES))  # older checkpoints: VOC's
-    if not (isinstance(classes, list) and len(classes) >= 2
-            and all(isinstance(name, str) for name in classes)):  # fmt: skip
-        raise ValueError(f"{path}: expected its class names as a list of 2 or more strings, "
-                         f"got {classes!r}")  # fmt: skip
+    if not (
+        isinstance(classes, list)
+        and len(classes) >= 2
+        and all(isinstance(name, str) for name in classes)
+    ):
+        raise ValueError(
+            f"{path}: expected its class names as a list of 2 or more strings, got {classes!r}"
+        )
     model = deeplab(config.variant, num_classes=len(classes), width=config.width, msc=config.msc)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:  # tensors of other shapes than the configuration says
-        raise ValueError(f"{path}: its weights do not fit a {config.variant!r} of width "
-                         f"{config.width}: {str(error).splitlines()[0]}") from error  # fmt: skip
+        raise ValueError(
+            f"{path}: its weights do not fit a {config.variant!r} of width "
+            f"{config.width}: {str(error).splitlines()[0]}"
+        ) from error
     return model.to(device or runtime.device()).eval(), config
 
 
@@ -181,9 +190,10 @@ def shipped_mismatch(config: TrainConfig) -> str | None:
     if info["run_key"] == run_key(config):
         return None
     changed = {
-        k: (v, info["config"].get(k)) for k, v in config.to_dict().items()
+        k: (v, info["config"].get(k))
+        for k, v in config.to_dict().items()
         if info["config"].get(k) != v
-    }  # fmt: skip
+    }
     what = f"values (asked, shipped): {changed}" if changed else "the training split's list"
     return (
         f"the shipped {config.variant} was trained with another configuration: run key "
@@ -204,8 +214,10 @@ def install_shipped(config: TrainConfig, folder: Path) -> bool:
     if config.mode != "fast" or shipped_mismatch(config) is not None:
         return False
     info = shipped_info(config.variant)
-    for name, digest in ((info["checkpoint"], info["sha256"]),
-                         (info["metrics"], info["metrics_sha256"])):  # fmt: skip
+    for name, digest in (
+        (info["checkpoint"], info["sha256"]),
+        (info["metrics"], info["metrics_sha256"]),
+    ):
         if file_digest(SHIPPED_DIR / name, "sha256") != digest:
             raise ValueError(
                 f"{SHIPPED_DIR / name} does not match its SHA-256 in {config.variant}.json: the "
@@ -251,10 +263,13 @@ def refresh(variants: tuple[str, ...] = SHARED_VARIANTS) -> None:
             model, miou = train_fresh(config, folder)
             records = json.loads((folder / METRICS_LOG).read_text().splitlines()[-1])
             checkpoint = save_checkpoint(
-                {"iteration": config.iterations, "config": config.to_dict(),
-                 "model": model.state_dict()},  # no optimiser state: nothing resumes it
+                {
+                    "iteration": config.iterations,
+                    "config": config.to_dict(),
+                    "model": model.state_dict(),
+                },  # no optimiser state: nothing resumes it
                 folder / "shipped.pt",
-            )  # fmt: skip
+            )
             info = {
                 "variant": variant,
                 "run_key": run_key(config),
@@ -265,25 +280,31 @@ def refresh(variants: tuple[str, ...] = SHARED_VARIANTS) -> None:
                 "metrics_sha256": file_digest(folder / METRICS_LOG, "sha256"),
                 "val_miou": round(miou, 6),
                 "trained_with": {
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "device": str(runtime.device()), "machine": platform.machine(),
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "device": str(runtime.device()),
+                    "machine": platform.machine(),
                     "seconds": records["seconds"],
                 },
-            }  # fmt: skip
+            }
             shutil.copyfile(folder / METRICS_LOG, SHIPPED_DIR / info["metrics"])
             shutil.copyfile(checkpoint, SHIPPED_DIR / info["checkpoint"])
         with atomic_write(SHIPPED_DIR / f"{variant}.json", "w") as handle:
             handle.write(json.dumps(info, indent=2) + "\n")
-        print(f"  val mean IoU {100 * miou:.1f}% in {records['seconds']:.0f} s; written to "
-              f"{SHIPPED_DIR / info['checkpoint']}", flush=True)  # fmt: skip
+        print(
+            f"  val mean IoU {100 * miou:.1f}% in {records['seconds']:.0f} s; written to "
+            f"{SHIPPED_DIR / info['checkpoint']}",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m deeplab_edu.runs [--refresh]``: say whether the shipped runs are current, or
     train them anew."""
     parser = argparse.ArgumentParser(prog="python -m deeplab_edu.runs", description=main.__doc__)
-    parser.add_argument("--refresh", action="store_true",
-                        help="train the shipped networks anew and write them")  # fmt: skip
+    parser.add_argument(
+        "--refresh", action="store_true", help="train the shipped networks anew and write them"
+    )
     if parser.parse_args(argv).refresh:
         refresh()
         return 0

@@ -202,8 +202,10 @@ def checked_fields(cls: type, values: Any, source: str) -> dict[str, Any]:
             another type than its field's (naming ``source``, the field, the type and the value).
     """
     if not isinstance(values, dict):
-        raise ValueError(f"{source}: expected a mapping of {cls.__name__} fields, got "
-                         f"{type(values).__name__} {values!r:.80}")  # fmt: skip
+        raise ValueError(
+            f"{source}: expected a mapping of {cls.__name__} fields, got "
+            f"{type(values).__name__} {values!r:.80}"
+        )
     hints = typing.get_type_hints(cls)
     names = [field.name for field in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names), key=str)
@@ -211,8 +213,9 @@ def checked_fields(cls: type, values: Any, source: str) -> dict[str, Any]:
         raise ValueError(f"{source}: unknown {cls.__name__} fields {unknown}; known: {names}")
     for name, value in values.items():
         if not _fits(value, hints[name]):
-            raise ValueError(f"{source}: field {name!r} must be {_spelled(hints[name])}, got "
-                             f"{value!r:.80}")  # fmt: skip
+            raise ValueError(
+                f"{source}: field {name!r} must be {_spelled(hints[name])}, got {value!r:.80}"
+            )
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
@@ -245,8 +248,13 @@ def _spelled(hint: Any) -> str:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"a list of {_spelled(args[0]).split(' ', 1)[1]}s"
         return f"a list of {len(args)} numbers" if float in args else f"a list of {len(args)}"
-    words = {bool: "true or false", int: "an int", float: "a number", str: "a string",
-             type(None): "null"}  # fmt: skip
+    words = {
+        bool: "true or false",
+        int: "an int",
+        float: "a number",
+        str: "a string",
+        type(None): "null",
+    }
     return words.get(hint, f"a {getattr(hint, '__name__', hint)}")
 
 

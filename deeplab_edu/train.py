@@ -89,9 +89,18 @@ class TrainConfig(runtime.ModeConfig):
     # only at full width), so we train from scratch on the generated set; that needs a 10x
     # higher learning rate than fine-tuning, with the same x10 / x2 multipliers and schedule.
     FAST: ClassVar[dict] = dict(
-        width=0.125, init="random", dataset="toy", split="train", iterations=2000,
-        batch_size=10, lr=1e-2, lr_step=800, crop=97, checkpoint_every=250, num_workers=0,
-    )  # fmt: skip
+        width=0.125,
+        init="random",
+        dataset="toy",
+        split="train",
+        iterations=2000,
+        batch_size=10,
+        lr=1e-2,
+        lr_step=800,
+        crop=97,
+        checkpoint_every=250,
+        num_workers=0,
+    )
 
     def __post_init__(self) -> None:
         if self.crop is None:
@@ -111,8 +120,9 @@ class TrainConfig(runtime.ModeConfig):
         runtime.checked_int("batch_size", self.batch_size, 1, MAX_BATCH)
         runtime.checked_int("crop", self.crop, OUTPUT_STRIDE + 1, MAX_CROP)
         if not (math.isfinite(self.lr) and self.lr > 0) or self.lr_step < 1:
-            raise ValueError(f"lr must be finite and > 0 and lr_step >= 1, got {self.lr}, "
-                             f"{self.lr_step}")  # fmt: skip
+            raise ValueError(
+                f"lr must be finite and > 0 and lr_step >= 1, got {self.lr}, {self.lr_step}"
+            )
         if self.init not in ("imagenet", "random") and not Path(self.init).is_file():
             raise ValueError(
                 f"init must be 'imagenet', 'random' or an existing checkpoint file, "
@@ -159,11 +169,14 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     new_mult = 1.0 if config.msc else config.lr_new_multiplier
     bias_mult = config.lr_bias_multiplier
     return [
-        {"params": params, "name": f"{('pretrained', 'new')[new]} {('weights', 'biases')[bias]}",
-         "lr_mult": (new_mult if new else 1.0) * (bias_mult if bias else 1.0),
-         "weight_decay": 0.0 if bias else config.weight_decay}
+        {
+            "params": params,
+            "name": f"{('pretrained', 'new')[new]} {('weights', 'biases')[bias]}",
+            "lr_mult": (new_mult if new else 1.0) * (bias_mult if bias else 1.0),
+            "weight_decay": 0.0 if bias else config.weight_decay,
+        }
         for (new, bias), params in sorted(groups.items())
-    ]  # fmt: skip
+    ]
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
@@ -282,20 +295,28 @@ def train(
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
             truncate_log(out_dir, start)
-        batches = Batches(len(dataset), config.batch_size, config.seed, start, config.iterations,
-                          rank, world)  # fmt: skip
+        batches = Batches(
+            len(dataset), config.batch_size, config.seed, start, config.iterations, rank, world
+        )
         transform = TrainTransform(crop=config.crop, flip=config.flip, scale=config.scale)
         loader = torch.utils.data.DataLoader(
-            Samples(dataset, transform, config.seed), batch_sampler=batches,
-            num_workers=config.num_workers, pin_memory=device.type == "cuda",
-        )  # fmt: skip
+            Samples(dataset, transform, config.seed),
+            batch_sampler=batches,
+            num_workers=config.num_workers,
+            pin_memory=device.type == "cuda",
+        )
         network = model
         if world > 1:
             ids = [device.index] if device.type == "cuda" else None
             network = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         network.train()
-        bar = tqdm(total=config.iterations, initial=start, disable=not progress or rank != 0,
-                   desc=f"train {config.variant}", dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            total=config.iterations,
+            initial=start,
+            disable=not progress or rank != 0,
+            desc=f"train {config.variant}",
+            dynamic_ncols=True,
+        )
         began = time.perf_counter()
         log_file = out_dir / METRICS_LOG
         with open(log_file, "a", buffering=1) if rank == 0 else contextlib.nullcontext() as log:
@@ -312,8 +333,12 @@ def train(
                 _check_finite(model, value, done, config)
                 lr = learning_rate(config, iteration)
                 if rank == 0:
-                    record = {"iteration": done, "loss": round(value, 6), "lr": float(f"{lr:.6g}"),
-                              "seconds": round(time.perf_counter() - began, 3)}  # fmt: skip
+                    record = {
+                        "iteration": done,
+                        "loss": round(value, 6),
+                        "lr": float(f"{lr:.6g}"),
+                        "seconds": round(time.perf_counter() - began, 3),
+                    }
                     log.write(json.dumps(record) + "\n")
                     bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.1e}")
                     bar.update(1)
@@ -321,10 +346,15 @@ def train(
                     if rank == 0:
                         log.flush()
                         save_checkpoint(
-                            {"iteration": done, "config": config.to_dict(), "classes": classes,
-                             "model": model.state_dict(), "optimizer": optimizer.state_dict()},
+                            {
+                                "iteration": done,
+                                "config": config.to_dict(),
+                                "classes": classes,
+                                "model": model.state_dict(),
+                                "optimizer": optimizer.state_dict(),
+                            },
                             path,
-                        )  # fmt: skip
+                        )
                     if world > 1:
                         dist.barrier()
                 if on_step is not None:
@@ -348,9 +378,12 @@ def _distributed_setup() -> tuple[int, int, torch.device]:
 
 
 def _resume(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
     device: torch.device,
-) -> int:  # fmt: skip
+) -> int:
     """Load weights and optimiser state of the checkpoint at ``path``; return its iteration.
     A finished run may be stored without optimiser state (the shipped networks are).
 
@@ -361,9 +394,10 @@ def _resume(
     state = load_checkpoint(path, map_location=device)
     wanted = config.to_dict()
     changed = {
-        k: (v, wanted.get(k)) for k, v in state["config"].items()
+        k: (v, wanted.get(k))
+        for k, v in state["config"].items()
         if wanted.get(k) != v and k not in RESUMABLE_CHANGES
-    }  # fmt: skip
+    }
     if changed:
         raise ValueError(
             f"{path} was trained with another configuration: {changed} (saved, asked); resume "

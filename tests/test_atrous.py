@@ -96,12 +96,20 @@ def test_deeplab_has_the_released_2x2_poolings_and_the_papers_308_field():
     # paper's 308x308. With LargeFOV's 3x3 poolings the same network would see 323.
     with torch.device("meta"):
         model = deeplab("DeepLab")
-        three = DeepLab(replace(variant("DeepLab"), pools=variant("DeepLab-LargeFOV").pools),
-                        num_classes=21, width=1.0, msc=False)  # fmt: skip
+        three = DeepLab(
+            replace(variant("DeepLab"), pools=variant("DeepLab-LargeFOV").pools),
+            num_classes=21,
+            width=1.0,
+            msc=False,
+        )
     pools = [layer for layer in model.layers() if layer.kind == "max"]
     assert [(p.kernel, p.stride, p.padding) for p in pools] == [
-        (2, 2, 1), (2, 2, 1), (2, 2, 1), (2, 1, 0), (3, 1, 1)
-    ]  # fmt: skip
+        (2, 2, 1),
+        (2, 2, 1),
+        (2, 2, 1),
+        (2, 1, 0),
+        (3, 1, 1),
+    ]
     assert receptive_field(model.layers()) == 308 and receptive_field(three.layers()) == 323
     assert output_stride(model.layers()) == 8 and output_size(model.layers(), 306) == 39
     assert (model.label_offset, three.label_offset) == (1, 0)
@@ -128,11 +136,17 @@ def test_layer_validation():
 def _small_net() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 6, 3), nn.ReLU(), nn.MaxPool2d(2, 2),
-        nn.Conv2d(6, 8, 3), nn.ReLU(), nn.MaxPool2d(2, 2),
-        nn.Conv2d(8, 8, 3), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Conv2d(3, 6, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        nn.Conv2d(6, 8, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        nn.Conv2d(8, 8, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
         nn.Conv2d(8, 5, 3),
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("factor", [1, 2, 4])

@@ -67,12 +67,14 @@ def solution(source: str):
 
 
 def test_student_edition_names_only_a_solution_defines() -> None:
-    leaky = new_notebook(cells=[
-        new_code_cell("%pip install -q x\nimport numpy as np\ndef f(x):\n    raise ValueError"),
-        solution("def helper(x):\n    return x\ndef f(x):\n    return helper(x)\nbest = f(1)"),
-        new_code_cell("print(f(2), np.pi)"),  # f is the stub's name too: fine
-        new_code_cell("print(best, helper)"),  # only the solution defines these
-    ])  # fmt: skip
+    leaky = new_notebook(
+        cells=[
+            new_code_cell("%pip install -q x\nimport numpy as np\ndef f(x):\n    raise ValueError"),
+            solution("def helper(x):\n    return x\ndef f(x):\n    return helper(x)\nbest = f(1)"),
+            new_code_cell("print(f(2), np.pi)"),  # f is the stub's name too: fine
+            new_code_cell("print(best, helper)"),  # only the solution defines these
+        ]
+    )
     assert student_leaks(leaky) == [
         "cell 3 reads 'best', which only a solution cell defines",
         "cell 3 reads 'helper', which only a solution cell defines",

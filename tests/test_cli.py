@@ -45,8 +45,9 @@ def test_every_command_has_help(command, capsys):
 
 
 def test_module_entry_point_runs():
-    result = subprocess.run([sys.executable, "-m", "deeplab_edu", "--help"], cwd=REPO,
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "deeplab_edu", "--help"], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 0 and "crf-search" in result.stdout
 
 
@@ -63,8 +64,10 @@ def test_unknown_variant_and_command_are_rejected(capsys, tmp_path):
 
 def test_make_toy_data(tmp_path, capsys):
     out = tmp_path / "toy"
-    assert main(["make-toy-data", "--out", str(out), "--n-train", "2", "--n-val", "1",
-                 "--size", "32"]) == 0  # fmt: skip
+    assert (
+        main(["make-toy-data", "--out", str(out), "--n-train", "2", "--n-val", "1", "--size", "32"])
+        == 0
+    )
     assert len((out / "ImageSets" / "Segmentation" / "train.txt").read_text().split()) == 2
     assert main(["make-toy-data", "--out", str(out), "--n-train", "0"]) == 2
     assert "n_train must be an int in [1, 100000], got 0" in capsys.readouterr().err
@@ -81,8 +84,10 @@ def test_train_writes_a_run_and_rejects_bad_values(run, toy_dir, tmp_path, capsy
     assert "iterations, batch_size and checkpoint_every must be >= 1" in capsys.readouterr().err
     assert main([*base, "--crop", "5"]) == 2
     assert "crop must be an int in [9, 2049], got 5" in capsys.readouterr().err
-    assert main(["train", *TINY, "--dataset", str(toy_dir), "--iterations", "2",
-                 "--out", str(run)]) == 2  # fmt: skip
+    assert (
+        main(["train", *TINY, "--dataset", str(toy_dir), "--iterations", "2", "--out", str(run)])
+        == 2
+    )
     assert "pass resume=True (--resume)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*base, "--iterations", "many"])
@@ -91,8 +96,23 @@ def test_train_writes_a_run_and_rejects_bad_values(run, toy_dir, tmp_path, capsy
 
 def test_train_accepts_the_aspp_variants(toy_dir, tmp_path):
     out = tmp_path / "aspp"
-    assert main(["train", *TINY, "--dataset", str(toy_dir), "--iterations", "2",
-                 "--variant", "DeepLab-ASPP-256", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                *TINY,
+                "--dataset",
+                str(toy_dir),
+                "--iterations",
+                "2",
+                "--variant",
+                "DeepLab-ASPP-256",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "config.json").read_text())["variant"] == "DeepLab-ASPP-256"
     assert "fc8.3.weight" in load_checkpoint(out / "checkpoint.pt")["model"]
 
@@ -100,8 +120,12 @@ def test_train_accepts_the_aspp_variants(toy_dir, tmp_path):
 def test_missing_voc_says_how_to_get_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DEEPLAB_EDU_DATA", str(tmp_path))
     monkeypatch.delenv("DEEPLAB_EDU_VOC", raising=False)
-    assert main(["train", *TINY, "--dataset", "voc", "--init", "random", "--out",
-                 str(tmp_path / "run")]) == 2  # fmt: skip
+    assert (
+        main(
+            ["train", *TINY, "--dataset", "voc", "--init", "random", "--out", str(tmp_path / "run")]
+        )
+        == 2
+    )
     error = capsys.readouterr().err
     assert "PASCAL VOC 2012 not found" in error and "download voc" in error
 
@@ -109,14 +133,34 @@ def test_missing_voc_says_how_to_get_it(tmp_path, monkeypatch, capsys):
 def test_evaluate_writes_results_and_checks_the_variant(run, tmp_path, capsys):
     out = tmp_path / "results.json"
     checkpoint = str(run / "checkpoint.pt")
-    assert main(["evaluate", "--fast", "--checkpoint", checkpoint, "--out", str(out),
-                 "--max-images", "2", "--no-progress", "--theta-alpha", "20"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--fast",
+                "--checkpoint",
+                checkpoint,
+                "--out",
+                str(out),
+                "--max-images",
+                "2",
+                "--no-progress",
+                "--theta-alpha",
+                "20",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(out.read_text())
     assert summary["images"] == 2 and set(summary["miou"]) == {"dcnn", "crf"}
     assert summary["config"]["crf"]["theta_alpha"] == 20.0
     assert "mean IoU (%) on all 2 images" in capsys.readouterr().out
-    assert main(["evaluate", "--checkpoint", checkpoint, "--out", str(out),
-                 "--variant", "DeepLab-7x7"]) == 2  # fmt: skip
+    assert (
+        main(
+            ["evaluate", "--checkpoint", checkpoint, "--out", str(out), "--variant", "DeepLab-7x7"]
+        )
+        == 2
+    )
     assert "holds a 'DeepLab-LargeFOV' checkpoint" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(out)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
@@ -126,9 +170,28 @@ def test_evaluate_writes_results_and_checks_the_variant(run, tmp_path, capsys):
 
 def test_crf_search_runs_and_resumes(run, tmp_path, capsys):
     out = tmp_path / "search.json"
-    args = ["crf-search", "--fast", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(out),
-            "--w1", "5", "--theta-alpha", "10", "--theta-beta", "3", "5", "--max-recentres", "0",
-            "--normalization", "symmetric", "--no-progress", "--num-images", "1"]  # fmt: skip
+    args = [
+        "crf-search",
+        "--fast",
+        "--checkpoint",
+        str(run / "checkpoint.pt"),
+        "--out",
+        str(out),
+        "--w1",
+        "5",
+        "--theta-alpha",
+        "10",
+        "--theta-beta",
+        "3",
+        "5",
+        "--max-recentres",
+        "0",
+        "--normalization",
+        "symmetric",
+        "--no-progress",
+        "--num-images",
+        "1",
+    ]
     assert main(args) == 0
     saved = json.loads(out.read_text())
     trials = saved["trials"]
@@ -162,23 +225,84 @@ def test_msc_trains_as_a_second_stage_from_a_checkpoint(run, toy_dir, tmp_path, 
 def test_evaluate_takes_the_parameters_the_search_chose(run, tmp_path, capsys):
     checkpoint = str(run / "checkpoint.pt")
     search_json, results = tmp_path / "crf.json", tmp_path / "results.json"
-    assert main(["crf-search", "--fast", "--checkpoint", checkpoint, "--out", str(search_json),
-                 "--w1", "5", "--theta-alpha", "10", "--theta-beta", "3", "--num-images", "1",
-                 "--max-recentres", "0", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "crf-search",
+                "--fast",
+                "--checkpoint",
+                checkpoint,
+                "--out",
+                str(search_json),
+                "--w1",
+                "5",
+                "--theta-alpha",
+                "10",
+                "--theta-beta",
+                "3",
+                "--num-images",
+                "1",
+                "--max-recentres",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     chosen = json.loads(search_json.read_text())
     capsys.readouterr()
-    assert main(["evaluate", "--fast", "--checkpoint", checkpoint, "--crf-from", str(search_json),
-                 "--out", str(results), "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--fast",
+                "--checkpoint",
+                checkpoint,
+                "--crf-from",
+                str(search_json),
+                "--out",
+                str(results),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(results.read_text())
     assert summary["config"]["crf"] == chosen["best"]
     assert summary["held_out"]["images"] == summary["images"] - 1
     assert "not used to tune the CRF" in capsys.readouterr().out
-    assert main(["evaluate", "--fast", "--checkpoint", checkpoint, "--crf-from", checkpoint,
-                 "--out", str(results)]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--fast",
+                "--checkpoint",
+                checkpoint,
+                "--crf-from",
+                checkpoint,
+                "--out",
+                str(results),
+            ]
+        )
+        == 2
+    )
     unfinished = tmp_path / "unfinished.json"
     unfinished.write_text(json.dumps({"config": {}, "trials": []}))
-    assert main(["evaluate", "--fast", "--checkpoint", checkpoint, "--crf-from", str(unfinished),
-                 "--out", str(results)]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--fast",
+                "--checkpoint",
+                checkpoint,
+                "--crf-from",
+                str(unfinished),
+                "--out",
+                str(results),
+            ]
+        )
+        == 2
+    )
     assert "not a finished CRF search" in capsys.readouterr().err
 
 
@@ -222,21 +346,55 @@ def test_download_dispatches_to_the_data_and_weights_code(monkeypatch, tmp_path,
 def test_evaluate_never_overwrites_its_inputs_or_foreign_files(run, tmp_path, capsys):
     checkpoint = run / "checkpoint.pt"
     before = checkpoint.read_bytes()
-    assert main(["evaluate", "--fast", "--checkpoint", str(checkpoint), "--out",
-                 str(checkpoint), "--no-progress"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--fast",
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(checkpoint),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "this command's --checkpoint input" in capsys.readouterr().err
     assert checkpoint.read_bytes() == before
     notes = tmp_path / "notes.json"
     notes.write_text('{"my": "notes"}')
-    args = ["evaluate", "--fast", "--checkpoint", str(checkpoint), "--out", str(notes),
-            "--max-images", "1", "--no-crf", "--no-progress"]  # fmt: skip
+    args = [
+        "evaluate",
+        "--fast",
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(notes),
+        "--max-images",
+        "1",
+        "--no-crf",
+        "--no-progress",
+    ]
     assert main(args) == 2
     assert "notes.json exists and was not written by evaluate" in capsys.readouterr().err
     assert notes.read_text() == '{"my": "notes"}'
     assert main([*args, "--force"]) == 0 and "miou" in json.loads(notes.read_text())
     assert main(args) == 0  # its own results JSON is replaced without --force
-    assert main(["crf-search", "--fast", "--checkpoint", str(checkpoint), "--out",
-                 str(checkpoint), "--no-progress"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "crf-search",
+                "--fast",
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(checkpoint),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "this command's --checkpoint input" in capsys.readouterr().err
     assert checkpoint.read_bytes() == before
 

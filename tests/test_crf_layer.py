@@ -27,8 +27,9 @@ def scene(height: int = 14, width: int = 17, classes: int = 3, seed: int = 0):
 def test_forward_at_potts_initialisation_is_dense_crf(normalization):
     image, logits, _ = scene(20, 23)
     for method in ("naive", "permutohedral"):
-        layer = MeanFieldCRF(3, theta_alpha=10.0, theta_beta=13.0, normalization=normalization,
-                             method=method)  # fmt: skip
+        layer = MeanFieldCRF(
+            3, theta_alpha=10.0, theta_beta=13.0, normalization=normalization, method=method
+        )
         probs = torch.softmax(logits[0], dim=0)
         expected = dense_crf(image[0], probs, layer.params, method=method)
         with torch.no_grad():
@@ -37,8 +38,15 @@ def test_forward_at_potts_initialisation_is_dense_crf(normalization):
 
 
 def test_from_params_starts_at_the_crf_of_those_parameters():
-    params = CRFParams(w1=7.0, theta_alpha=9.0, theta_beta=11.0, w2=2.0, theta_gamma=2.0,
-                       iterations=3, normalization="symmetric")  # fmt: skip
+    params = CRFParams(
+        w1=7.0,
+        theta_alpha=9.0,
+        theta_beta=11.0,
+        w2=2.0,
+        theta_gamma=2.0,
+        iterations=3,
+        normalization="symmetric",
+    )
     layer = MeanFieldCRF.from_params(3, params)
     assert layer.params == params and layer.method == "permutohedral"
     torch.testing.assert_close(layer.weights, torch.tensor([7.0, 2.0]))
@@ -59,8 +67,11 @@ def test_gradients_match_finite_differences_in_float64():
         q = torch.func.functional_call(layer, parameters, (image, z))
         return ((q[0] - target) ** 2).sum()
 
-    inputs = (logits.double().requires_grad_(), layer.log_weights.detach().clone().requires_grad_(),
-              layer.compatibility.detach().clone().requires_grad_())  # fmt: skip
+    inputs = (
+        logits.double().requires_grad_(),
+        layer.log_weights.detach().clone().requires_grad_(),
+        layer.compatibility.detach().clone().requires_grad_(),
+    )
     assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-6)
 
 

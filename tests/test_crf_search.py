@@ -53,13 +53,17 @@ def data(n: int = 1):
 
 
 MODEL = Oracle([torch.zeros(16, 16, dtype=torch.int64)])
-CONFIG = SearchConfig(w1=(5.0, 10.0), theta_alpha=(50.0, 80.0), theta_beta=(3.0, 6.0),
-                      num_images=1, pad_to=None)  # fmt: skip
+CONFIG = SearchConfig(
+    w1=(5.0, 10.0), theta_alpha=(50.0, 80.0), theta_beta=(3.0, 6.0), num_images=1, pad_to=None
+)
 
 
 def points(trials, stage=None):
-    return [(t["w1"], t["theta_alpha"], t["theta_beta"]) for t in trials
-            if stage is None or t["stage"] == stage]  # fmt: skip
+    return [
+        (t["w1"], t["theta_alpha"], t["theta_beta"])
+        for t in trials
+        if stage is None or t["stage"] == stage
+    ]
 
 
 def test_coarse_grid_then_a_full_fine_grid_then_recentring(fake_crf):

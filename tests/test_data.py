@@ -148,9 +148,19 @@ def test_eval_transform_pads_to_513_or_keeps_native_size():
         EvalTransform(pad_to=300)(image, target)
 
 
-@pytest.mark.parametrize("size, offset, cells", [(321, 0, 41), (513, 0, 65), (306, 0, 39),
-                                                  (128, 0, 16), (306, 1, 39), (321, 1, 40),
-                                                  (128, 1, 16), (130, 1, 17)])  # fmt: skip
+@pytest.mark.parametrize(
+    "size, offset, cells",
+    [
+        (321, 0, 41),
+        (513, 0, 65),
+        (306, 0, 39),
+        (128, 0, 16),
+        (306, 1, 39),
+        (321, 1, 40),
+        (128, 1, 16),
+        (130, 1, 17),
+    ],
+)
 def test_subsampled_labels_match_the_output_size(size, offset, cells):
     target = torch.zeros(2, size, size, dtype=torch.long)
     assert subsample_labels(target, offset=offset).shape == (2, cells, cells)

@@ -135,8 +135,12 @@ def test_the_next_process_waits_for_a_download_in_progress(tmp_path, payload, ho
     _, md5 = payload
     destination = tmp_path / "data.bin"
     results = []
-    threads = [threading.Thread(target=lambda: results.append(
-        fetch.download(f"{host}/file", destination, md5))) for _ in range(2)]  # fmt: skip
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(fetch.download(f"{host}/file", destination, md5))
+        )
+        for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -175,9 +179,14 @@ def _tar(path, members):
 
 
 def test_safe_extract_of_a_good_tar(tmp_path):
-    archive = _tar(tmp_path / "good.tgz", [({"name": "VOC2012/a.txt"}, b"hello"),
-                                           ({"name": "VOC2012/sub", "type": tarfile.DIRTYPE}, None),
-                                           ({"name": "VOC2012/sub/b.txt"}, b"world")])  # fmt: skip
+    archive = _tar(
+        tmp_path / "good.tgz",
+        [
+            ({"name": "VOC2012/a.txt"}, b"hello"),
+            ({"name": "VOC2012/sub", "type": tarfile.DIRTYPE}, None),
+            ({"name": "VOC2012/sub/b.txt"}, b"world"),
+        ],
+    )
     out = dl.safe_extract(archive, tmp_path / "out", md5=_md5(archive.read_bytes()))
     assert (out / "VOC2012" / "a.txt").read_text() == "hello"
     assert (out / "VOC2012" / "sub" / "b.txt").read_text() == "world"
@@ -218,8 +227,9 @@ def test_the_format_comes_from_the_start_of_the_file_not_its_tail(tmp_path):
     inner = io.BytesIO()
     with zipfile.ZipFile(inner, "w") as zf:
         zf.writestr("inner.txt", "inside the zip")
-    archive = _tar(tmp_path / "a.tar.gz", [({"name": "a.txt"}, b"a"),
-                                           ({"name": "b.zip"}, inner.getvalue())])  # fmt: skip
+    archive = _tar(
+        tmp_path / "a.tar.gz", [({"name": "a.txt"}, b"a"), ({"name": "b.zip"}, inner.getvalue())]
+    )
     out = dl.safe_extract(archive, tmp_path / "out")
     assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.zip"]
     # a plain tar holding the 22 bytes of an empty zip's end record is still a tar
@@ -265,8 +275,11 @@ def test_an_interrupted_atomic_write_leaves_the_old_file(tmp_path):
 
 def test_voc_and_sbd_are_fetched_with_their_mirrors(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(dl, "download", lambda url, path, md5, mirrors=(): calls.append(
-        (url, path, md5, mirrors)) or path)  # fmt: skip
+    monkeypatch.setattr(
+        dl,
+        "download",
+        lambda url, path, md5, mirrors=(): calls.append((url, path, md5, mirrors)) or path,
+    )
     monkeypatch.setattr(dl, "safe_extract", lambda archive, root: root)
     dl.download_voc(tmp_path)
     dl.download_sbd(tmp_path)

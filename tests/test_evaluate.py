@@ -48,8 +48,13 @@ def dataset(labels_and_targets):
 
 def test_known_predictions_give_known_scores():
     model = Oracle([PRED])
-    result = evaluate(model, dataset([(PRED, TARGET)]), EvalConfig(crf=None, pad_to=None,
-                      trimap_widths=(0, 1)), keep=[0], progress=False)  # fmt: skip
+    result = evaluate(
+        model,
+        dataset([(PRED, TARGET)]),
+        EvalConfig(crf=None, pad_to=None, trimap_widths=(0, 1)),
+        keep=[0],
+        progress=False,
+    )
     summary = result.summary
     # scored pixels: 14 (two are void). class 0: TP 4, FN 2, FP 1 -> 4/7;
     # class 1: TP 5, FN 1, FP 2 -> 5/8; class 2: TP 2 -> 1; the void pixel predicted 0 is free
@@ -62,16 +67,25 @@ def test_known_predictions_give_known_scores():
     assert trimap["widths"] == [0, 1]
     assert trimap["pixel_accuracy"][1] == pytest.approx(8 / 10)
     assert torch.equal(result.dcnn[0], PRED.to(torch.uint8)) and result.crf == {}
-    assert set(summary) >= {"config", "miou", "iou_per_class", "trimap", "seconds_per_image",
-                            "environment", "images"}  # fmt: skip
+    assert set(summary) >= {
+        "config",
+        "miou",
+        "iou_per_class",
+        "trimap",
+        "seconds_per_image",
+        "environment",
+        "images",
+    }
 
 
 def test_padding_to_a_fixed_size_gives_the_same_scores():
     model = Oracle([PRED])
-    native = evaluate(model, dataset([(PRED, TARGET)]), EvalConfig(crf=None, pad_to=None),
-                      progress=False)  # fmt: skip
-    padded = evaluate(model, dataset([(PRED, TARGET)]), EvalConfig(crf=None, pad_to=9),
-                      progress=False)  # fmt: skip
+    native = evaluate(
+        model, dataset([(PRED, TARGET)]), EvalConfig(crf=None, pad_to=None), progress=False
+    )
+    padded = evaluate(
+        model, dataset([(PRED, TARGET)]), EvalConfig(crf=None, pad_to=9), progress=False
+    )
     assert model.seen_sizes == [(4, 4), (9, 9)]
     assert padded.summary["miou"] == native.summary["miou"]
     probs = predict_probs(model, dataset([(PRED, TARGET)])[0][0], pad_to=9, device="cpu")
@@ -85,8 +99,13 @@ def test_the_crf_keeps_confident_correct_labels_and_results_are_json(tmp_path):
     target[5, 5:19] = 255
     model = Oracle([target.clamp(max=20), target.clamp(max=20)])
     items = dataset([(None, target), (None, target)])
-    result = evaluate(model, items, EvalConfig(crf=CRFParams(theta_alpha=10), pad_to=None,
-                      max_images=1, trimap_widths=(1, 3)), keep=[0, 1], progress=False)  # fmt: skip
+    result = evaluate(
+        model,
+        items,
+        EvalConfig(crf=CRFParams(theta_alpha=10), pad_to=None, max_images=1, trimap_widths=(1, 3)),
+        keep=[0, 1],
+        progress=False,
+    )
     assert result.summary["images"] == 1 and list(result.crf) == [0]
     assert result.summary["miou"] == {"dcnn": 1.0, "crf": 1.0}
     path = write_results(result.summary, tmp_path / "results.json")
@@ -118,15 +137,20 @@ def test_trimap_curves_are_counted_image_by_image_and_no_label_map_is_kept():
     for height, width in ((9, 11), (12, 7), (10, 10), (6, 13)):  # sizes differ, as in VOC
         target = torch.randint(0, 4, (height, width), generator=generator)
         target[torch.rand(height, width, generator=generator) < 0.1] = 255
-        pred = torch.where(torch.rand(height, width, generator=generator) < 0.7,
-                           target.clamp(max=3), torch.randint(0, 4, (height, width),
-                           generator=generator))  # fmt: skip
+        pred = torch.where(
+            torch.rand(height, width, generator=generator) < 0.7,
+            target.clamp(max=3),
+            torch.randint(0, 4, (height, width), generator=generator),
+        )
         preds.append(pred)
         targets.append(target)
     widths = (0, 1, 2, 5)
-    result = evaluate(Oracle(preds), dataset(list(zip(preds, targets, strict=True))),
-                      EvalConfig(crf=None, pad_to=None, trimap_widths=widths),
-                      progress=False)  # fmt: skip
+    result = evaluate(
+        Oracle(preds),
+        dataset(list(zip(preds, targets, strict=True))),
+        EvalConfig(crf=None, pad_to=None, trimap_widths=widths),
+        progress=False,
+    )
     assert result.targets == {} and result.dcnn == {}  # nothing per image is held
     trimap = result.summary["trimap"]["dcnn"]
     for position, width in enumerate(widths):

@@ -42,8 +42,14 @@ CORRECT = {
 def test_every_exercise_has_a_correct_answer_here():
     assert set(CORRECT) == set(EXERCISES)
     assert {name.split(".")[0] for name in EXERCISES} == {
-        "data", "atrous", "network", "training", "metrics", "crf", "permutohedral"
-    }  # fmt: skip
+        "data",
+        "atrous",
+        "network",
+        "training",
+        "metrics",
+        "crf",
+        "permutohedral",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(CORRECT))
@@ -77,28 +83,50 @@ def out_of_place(unary, message, iterations):
 MISTAKES = [  # (exercise, a plausible wrong answer, what the message must say)
     ("data.subsample_labels", lambda t: t[:, ::8, ::8][:, :-1, :-1], r"expected \(1, 3, 3\)"),
     ("data.subsample_labels", lambda t: t[:, 4::8, 4::8], r"got \(1, 2, 2\)"),
-    ("data.subsample_labels", lambda t: F.interpolate(
-        t[:, None].float(), size=((t.shape[1] + 7) // 8,) * 2, mode="nearest")[:, 0].long(),
-     "values differ"),
+    (
+        "data.subsample_labels",
+        lambda t: F.interpolate(
+            t[:, None].float(), size=((t.shape[1] + 7) // 8,) * 2, mode="nearest"
+        )[:, 0].long(),
+        "values differ",
+    ),
     ("atrous.conv2d", lambda x, w, rate: F.conv2d(x, w), r"rate 2: expected shape"),
-    ("atrous.conv2d", lambda x, w, rate: F.conv2d(x.detach(), w, dilation=rate),
-     "does not depend on argument 1"),
-    ("network.upsample_scores", lambda s, size: F.interpolate(
-        s, size=size, mode="bilinear", align_corners=True), r"pixel \(8i, 8j\) should carry"),
-    ("network.upsample_scores", lambda s, size: F.interpolate(s, size=size, mode="bilinear"),
-     "values differ"),
-    ("training.segmentation_loss", lambda s, t: F.cross_entropy(
-        s, t[:, ::8, ::8], ignore_index=255), "every label void.*not finite"),
-    ("training.segmentation_loss", lambda s, t: F.cross_entropy(s, t[:, ::8, ::8]),
-     "raised IndexError"),
+    (
+        "atrous.conv2d",
+        lambda x, w, rate: F.conv2d(x.detach(), w, dilation=rate),
+        "does not depend on argument 1",
+    ),
+    (
+        "network.upsample_scores",
+        lambda s, size: F.interpolate(s, size=size, mode="bilinear", align_corners=True),
+        r"pixel \(8i, 8j\) should carry",
+    ),
+    (
+        "network.upsample_scores",
+        lambda s, size: F.interpolate(s, size=size, mode="bilinear"),
+        "values differ",
+    ),
+    (
+        "training.segmentation_loss",
+        lambda s, t: F.cross_entropy(s, t[:, ::8, ::8], ignore_index=255),
+        "every label void.*not finite",
+    ),
+    (
+        "training.segmentation_loss",
+        lambda s, t: F.cross_entropy(s, t[:, ::8, ::8]),
+        "raised IndexError",
+    ),
     ("metrics.mean_iou", iou_absent_as_zero, r"prediction \[0, 0, 2, 0\].*expected mean IoU"),
     ("crf.mean_field", naive_mean_field(-1.0, True), "1 updates: 90 of 90 values differ"),
     ("crf.mean_field", naive_mean_field(1.0, False), "must sum to 1"),
     ("crf.mean_field", out_of_place, "expected a torch.Tensor, got ndarray"),
-    ("permutohedral.elevate", lambda f: torch.cat([f, torch.zeros(len(f), 1)], 1),
-     "must lie on the plane"),
+    (
+        "permutohedral.elevate",
+        lambda f: torch.cat([f, torch.zeros(len(f), 1)], 1),
+        "must lie on the plane",
+    ),
     ("permutohedral.elevate", lambda f: 2 * elevate(f), "grow by the same factor"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("name", "wrong", "says"), MISTAKES)
@@ -158,8 +186,10 @@ def test_grade_a_submission_file(tmp_path, capsys):
     assert main(["grade", str(mixed)]) == 1
     out = capsys.readouterr().out
     assert "metrics.mean_iou: not yet" in out and "1 of 2 exercises passed" in out
-    for content, says in (("x = 1\n", "defines none of the graded functions"),
-                          ("1 / 0\n", "does not run: ZeroDivisionError")):  # fmt: skip
+    for content, says in (
+        ("x = 1\n", "defines none of the graded functions"),
+        ("1 / 0\n", "does not run: ZeroDivisionError"),
+    ):
         (tmp_path / "bad.py").write_text(content)
         assert main(["grade", str(tmp_path / "bad.py")]) == 2
         assert says in capsys.readouterr().err

@@ -20,14 +20,24 @@ from deeplab_edu.data.voc import dataset_classes
 CLASSES = ("background", "leaf", "stem", "flower")
 
 
-def make_folder(root: Path, n: int = 10, size: int = 40, *, layout: str = "plain",
-                palette: bool = True, seed: int = 0) -> Path:  # fmt: skip
+def make_folder(
+    root: Path,
+    n: int = 10,
+    size: int = 40,
+    *,
+    layout: str = "plain",
+    palette: bool = True,
+    seed: int = 0,
+) -> Path:
     """``n`` random images with masks of 4 classes (a square of each object class on the
     background, a void border), in the plain layout or VOC's."""
     rng = np.random.default_rng(seed)
     plain = layout == "plain"
-    image_dir, mask_dir = (root / "images", root / "masks") if plain else (
-        root / "JPEGImages", root / "SegmentationClass")  # fmt: skip
+    image_dir, mask_dir = (
+        (root / "images", root / "masks")
+        if plain
+        else (root / "JPEGImages", root / "SegmentationClass")
+    )
     image_dir.mkdir(parents=True)
     mask_dir.mkdir(parents=True)
     (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
@@ -114,16 +124,65 @@ def test_train_evaluate_and_search_on_a_folder_of_four_classes(tmp_path):
     root = make_folder(tmp_path / "mine", n=10, size=40)
     run, results, search = tmp_path / "run", tmp_path / "r.json", tmp_path / "s.json"
     tiny = ["--fast", "--width", "0.0625", "--no-progress"]
-    assert main(["train", *tiny, "--dataset", str(root), "--crop", "33", "--batch-size", "2",
-                 "--iterations", "2", "--out", str(run)]) == 0  # fmt: skip
-    assert main(["evaluate", "--fast", "--no-progress", "--checkpoint", str(run / "checkpoint.pt"),
-                 "--out", str(results)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                *tiny,
+                "--dataset",
+                str(root),
+                "--crop",
+                "33",
+                "--batch-size",
+                "2",
+                "--iterations",
+                "2",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--fast",
+                "--no-progress",
+                "--checkpoint",
+                str(run / "checkpoint.pt"),
+                "--out",
+                str(results),
+            ]
+        )
+        == 0
+    )
     summary = json.loads(results.read_text())
     assert list(summary["iou_per_class"]["crf"]) == list(CLASSES) and summary["images"] == 2
-    assert main(["crf-search", "--fast", "--no-progress", "--checkpoint",
-                 str(run / "checkpoint.pt"), "--num-images", "2", "--w1", "4",
-                 "--theta-alpha", "30", "--theta-beta", "5", "--max-recentres", "0",
-                 "--out", str(search)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "crf-search",
+                "--fast",
+                "--no-progress",
+                "--checkpoint",
+                str(run / "checkpoint.pt"),
+                "--num-images",
+                "2",
+                "--w1",
+                "4",
+                "--theta-alpha",
+                "30",
+                "--theta-beta",
+                "5",
+                "--max-recentres",
+                "0",
+                "--out",
+                str(search),
+            ]
+        )
+        == 0
+    )
     assert json.loads(search.read_text())["trials"]
     # a network of VOC's 21 classes is refused on these 4, by name
     from deeplab_edu.evaluate import EvalConfig, evaluate
@@ -142,8 +201,10 @@ def test_a_network_for_other_classes_starts_from_its_features(tmp_path):
 
     config = TrainConfig.fast(width=0.0625)
     voc_network = deeplab(config.variant, width=0.0625)  # 21 classes
-    path = save_checkpoint({"iteration": 1, "config": config.to_dict(),
-                            "model": voc_network.state_dict()}, tmp_path / "voc.pt")  # fmt: skip
+    path = save_checkpoint(
+        {"iteration": 1, "config": config.to_dict(), "model": voc_network.state_dict()},
+        tmp_path / "voc.pt",
+    )
     mine = deeplab(config.variant, width=0.0625, num_classes=4)
     fresh_fc8 = mine.fc8.weight.clone()
     load_trained_weights(mine, path)
@@ -151,6 +212,27 @@ def test_a_network_for_other_classes_starts_from_its_features(tmp_path):
     assert torch.equal(mine.fc7.weight, voc_network.fc7.weight)
     assert torch.equal(mine.fc8.weight, fresh_fc8)  # a classifier for 4 classes, as built
     root = make_folder(tmp_path / "mine", n=5, size=40)
-    assert main(["train", "--fast", "--width", "0.0625", "--no-progress", "--dataset", str(root),
-                 "--init", str(path), "--crop", "33", "--batch-size", "2", "--iterations", "1",
-                 "--out", str(tmp_path / "run")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--fast",
+                "--width",
+                "0.0625",
+                "--no-progress",
+                "--dataset",
+                str(root),
+                "--init",
+                str(path),
+                "--crop",
+                "33",
+                "--batch-size",
+                "2",
+                "--iterations",
+                "1",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )

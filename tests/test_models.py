@@ -73,10 +73,17 @@ def test_output_stride_is_8_and_aligned_sizes(name):
     assert cells == {size: score_cells(size, model.label_offset) for size in cells}
 
 
-@pytest.mark.parametrize(("name", "size", "expected"), [
-    ("DeepLab", 306, 39), ("DeepLab-LargeFOV", 321, 41), ("DeepLab-LargeFOV", 513, 65),
-    ("DeepLab-ASPP", 321, 41), ("DeepLab-ASPP-256", 513, 65), ("DeepLab-ASPP-256", 306, 39),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "size", "expected"),
+    [
+        ("DeepLab", 306, 39),
+        ("DeepLab-LargeFOV", 321, 41),
+        ("DeepLab-LargeFOV", 513, 65),
+        ("DeepLab-ASPP", 321, 41),
+        ("DeepLab-ASPP-256", 513, 65),
+        ("DeepLab-ASPP-256", 306, 39),
+    ],
+)
 def test_forward_output_sizes(name, size, expected):
     torch.manual_seed(0)
     model = deeplab(name, width=SMALL).eval()
@@ -220,9 +227,11 @@ def test_v1_keeps_its_state_dict_keys_and_aspp_indexes_its_branches():
         assert [k for k in keys if not k.startswith("features.")] == head, name
     keys = list(_meta("DeepLab-ASPP").state_dict())
     assert [k for k in keys if not k.startswith("features.")] == [
-        f"{layer}.{branch}.{p}" for layer in ("fc6", "fc7", "fc8") for branch in range(4)
+        f"{layer}.{branch}.{p}"
+        for layer in ("fc6", "fc7", "fc8")
+        for branch in range(4)
         for p in ("weight", "bias")
-    ]  # fmt: skip
+    ]
     assert list(_meta("DeepLab-ASPP").features.named_children())[-1][0] == "pool5"  # no pool5a
 
 
@@ -268,8 +277,9 @@ def test_aspp_field_of_view_is_its_widest_branchs():
 
 
 def test_aspp_256_costs_what_largefov_costs():
-    macs = {name: multiply_adds(_meta(name), 321, 321) for name in ("DeepLab-LargeFOV",
-            *ASPP_CHANNELS)}  # fmt: skip
+    macs = {
+        name: multiply_adds(_meta(name), 321, 321) for name in ("DeepLab-LargeFOV", *ASPP_CHANNELS)
+    }
     # same backbone (pool5a costs no multiply-add); per score cell, the heads differ by
     per_cell = 4 * (512 * 256 * 9 + 256 * 256 + 256 * 21) - (512 * 1024 * 9 + 1024**2 + 1024 * 21)
     assert macs["DeepLab-ASPP-256"] - macs["DeepLab-LargeFOV"] == 41 * 41 * per_cell
@@ -308,8 +318,17 @@ def test_bad_names_and_inputs():
         model(torch.zeros(1, 3, 17, 17, dtype=torch.uint8))
 
 
-ALIGNMENT_SIZES = [(65, 65), (97, 128), (128, 128), (129, 200), (321, 321), (375, 500),
-                   (500, 333), (9, 16), (17, 10)]  # fmt: skip
+ALIGNMENT_SIZES = [
+    (65, 65),
+    (97, 128),
+    (128, 128),
+    (129, 200),
+    (321, 321),
+    (375, 500),
+    (500, 333),
+    (9, 16),
+    (17, 10),
+]
 
 
 @pytest.mark.parametrize("offset", [0, 1, 7])
@@ -361,12 +380,12 @@ def test_weight_file_checksum_is_verified(tmp_path):
     with pytest.raises(ChecksumError, match="SHA256 is"):
         verify(path, "00000000" if not digest.startswith("0") else "ffffffff", "sha256")
     url = "https://example.invalid/weights/vgg16-test.pth"
-    loaded = vgg16_imagenet_state_dict(url=url, sha256_prefix=digest[:8], folder=tmp_path,
-                                       download=False)  # fmt: skip
+    loaded = vgg16_imagenet_state_dict(
+        url=url, sha256_prefix=digest[:8], folder=tmp_path, download=False
+    )
     assert torch.equal(loaded["features.0.weight"], state["features.0.weight"])
     with pytest.raises(FileNotFoundError, match="download"):
-        vgg16_imagenet_state_dict(url=url.replace("test", "none"), folder=tmp_path,
-                                  download=False)  # fmt: skip
+        vgg16_imagenet_state_dict(url=url.replace("test", "none"), folder=tmp_path, download=False)
 
 
 def test_weight_download_path_verifies_before_keeping(tmp_path):

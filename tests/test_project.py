@@ -162,8 +162,13 @@ def test_student_edition_keeps_every_exercise_and_no_solution(tmp_path) -> None:
         text = "\n".join(c.source for c in student.cells)
         assert "## Exercises" in text and "<summary>Solutions" not in text, path.name
         assert len(student.cells) < len(original.cells), f"{path.name}: nothing removed"
-    leaky = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
-        "<details>\n<summary>Solutions</summary>\n\n1. 42\n</details>")])  # fmt: skip
+    leaky = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell(
+                "<details>\n<summary>Solutions</summary>\n\n1. 42\n</details>"
+            )
+        ]
+    )
     with pytest.raises(ValueError, match="an untagged cell holds solutions"):
         student_notebook(leaky)
 

@@ -48,8 +48,9 @@ def scene():
 # -- silent wrong results ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("change", [{"w1": float("inf")}, {"w2": float("inf")},
-                                    {"theta_beta": float("nan")}])  # fmt: skip
+@pytest.mark.parametrize(
+    "change", [{"w1": float("inf")}, {"w2": float("inf")}, {"theta_beta": float("nan")}]
+)
 def test_non_finite_crf_parameters_are_refused(scene, change):
     with pytest.raises(ValueError, match="finite"):
         dense_crf(*scene, **change)
@@ -140,8 +141,10 @@ def test_an_interrupted_generation_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_foreseeable_failures_are_one_line(toy_dir, tmp_path, capsys, monkeypatch):
     tiny = ["--fast", "--width", "0.0625", "--crop", "33", "--batch-size", "2", "--no-progress"]
     run = tmp_path / "run"
-    assert main(["train", *tiny, "--dataset", str(toy_dir), "--iterations", "1",
-                 "--out", str(run)]) == 0  # fmt: skip
+    assert (
+        main(["train", *tiny, "--dataset", str(toy_dir), "--iterations", "1", "--out", str(run)])
+        == 0
+    )
     capsys.readouterr()
     checkpoint = run / "checkpoint.pt"
     other = tmp_path / "other.pt"  # another network's weights under this configuration
@@ -154,28 +157,126 @@ def test_foreseeable_failures_are_one_line(toy_dir, tmp_path, capsys, monkeypatc
     cases = [
         (["evaluate", "--checkpoint", str(other), "--out", str(tmp_path / "r.json")], "fit"),
         (["evaluate", "--checkpoint", str(bare), "--out", str(tmp_path / "r.json")], "config"),
-        (["crf-search", "--checkpoint", str(checkpoint), "--out", str(search_state),
-          "--num-images", "1"], "not a CRF search state"),
-        (["train", *tiny, "--dataset", str(toy_dir), "--seed", "-1", "--out", str(tmp_path / "s")],
-         "seed must be an int in [0, "),
-        (["evaluate", "--checkpoint", str(checkpoint), "--max-images", "0",
-          "--out", str(tmp_path / "r.json")], "max_images"),
-        (["train", *tiny, "--lr", "inf", "--dataset", str(toy_dir), "--out", str(tmp_path / "t")],
-         "lr must be finite"),
+        (
+            [
+                "crf-search",
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(search_state),
+                "--num-images",
+                "1",
+            ],
+            "not a CRF search state",
+        ),
+        (
+            [
+                "train",
+                *tiny,
+                "--dataset",
+                str(toy_dir),
+                "--seed",
+                "-1",
+                "--out",
+                str(tmp_path / "s"),
+            ],
+            "seed must be an int in [0, ",
+        ),
+        (
+            [
+                "evaluate",
+                "--checkpoint",
+                str(checkpoint),
+                "--max-images",
+                "0",
+                "--out",
+                str(tmp_path / "r.json"),
+            ],
+            "max_images",
+        ),
+        (
+            [
+                "train",
+                *tiny,
+                "--lr",
+                "inf",
+                "--dataset",
+                str(toy_dir),
+                "--out",
+                str(tmp_path / "t"),
+            ],
+            "lr must be finite",
+        ),
         # out-of-range numbers: typed ranges, not crashes inside torch or numpy
-        (["train", *tiny, "--num-workers", "-1", "--dataset", str(toy_dir),
-          "--out", str(tmp_path / "u")], "num_workers must be an int in [0, 64], got -1"),
-        (["train", *tiny, "--seed", str(2**70), "--dataset", str(toy_dir),
-          "--out", str(tmp_path / "u")], "seed must be an int in [0, 9223372036854775807]"),
-        (["train", *tiny, "--crop", str(10**9), "--dataset", str(toy_dir),
-          "--out", str(tmp_path / "u")], "crop must be an int in [9, 2049]"),
-        (["train", *tiny, "--batch-size", str(10**6), "--dataset", str(toy_dir),
-          "--out", str(tmp_path / "u")], "batch_size must be an int in [1, 1024]"),
-        (["crf-search", "--checkpoint", str(checkpoint), "--seed", "-1",
-          "--out", str(tmp_path / "s2.json")], "seed must be an int in [0, "),
-        (["make-toy-data", "--out", str(tmp_path / "big"), "--size", str(10**9)],
-         "size must be an int in [32, 4096]"),
-    ]  # fmt: skip
+        (
+            [
+                "train",
+                *tiny,
+                "--num-workers",
+                "-1",
+                "--dataset",
+                str(toy_dir),
+                "--out",
+                str(tmp_path / "u"),
+            ],
+            "num_workers must be an int in [0, 64], got -1",
+        ),
+        (
+            [
+                "train",
+                *tiny,
+                "--seed",
+                str(2**70),
+                "--dataset",
+                str(toy_dir),
+                "--out",
+                str(tmp_path / "u"),
+            ],
+            "seed must be an int in [0, 9223372036854775807]",
+        ),
+        (
+            [
+                "train",
+                *tiny,
+                "--crop",
+                str(10**9),
+                "--dataset",
+                str(toy_dir),
+                "--out",
+                str(tmp_path / "u"),
+            ],
+            "crop must be an int in [9, 2049]",
+        ),
+        (
+            [
+                "train",
+                *tiny,
+                "--batch-size",
+                str(10**6),
+                "--dataset",
+                str(toy_dir),
+                "--out",
+                str(tmp_path / "u"),
+            ],
+            "batch_size must be an int in [1, 1024]",
+        ),
+        (
+            [
+                "crf-search",
+                "--checkpoint",
+                str(checkpoint),
+                "--seed",
+                "-1",
+                "--out",
+                str(tmp_path / "s2.json"),
+            ],
+            "seed must be an int in [0, ",
+        ),
+        (
+            ["make-toy-data", "--out", str(tmp_path / "big"), "--size", str(10**9)],
+            "size must be an int in [32, 4096]",
+        ),
+    ]
     # every JSON field the command line reads is checked, naming the file and the field
     for number, (content, message) in enumerate(
         (
@@ -187,8 +288,15 @@ def test_foreseeable_failures_are_one_line(toy_dir, tmp_path, capsys, monkeypatc
     ):
         best = tmp_path / f"best{number}.json"
         best.write_text(json.dumps(content))
-        argv = ["evaluate", "--checkpoint", str(checkpoint), "--crf-from", str(best), "--out",
-                str(tmp_path / "r.json")]  # fmt: skip
+        argv = [
+            "evaluate",
+            "--checkpoint",
+            str(checkpoint),
+            "--crf-from",
+            str(best),
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
         cases.append((argv, f"{best}, {message}"))
     for field, value, kind in (
         ("width", "wide", "a number"),
@@ -210,9 +318,23 @@ def test_foreseeable_failures_are_one_line(toy_dir, tmp_path, capsys, monkeypatc
     shutil.copytree(toy_dir, broken)
     sorted((broken / "JPEGImages").iterdir())[0].write_bytes(b"not a JPEG")
     for workers in ("0", "2"):
-        cases.append((["train", *tiny, "--dataset", str(broken), "--num-workers", workers,
-                       "--iterations", "2", "--out", str(tmp_path / f"w{workers}")],
-                      "toy_train_00000.jpg: not a readable image"))  # fmt: skip
+        cases.append(
+            (
+                [
+                    "train",
+                    *tiny,
+                    "--dataset",
+                    str(broken),
+                    "--num-workers",
+                    workers,
+                    "--iterations",
+                    "2",
+                    "--out",
+                    str(tmp_path / f"w{workers}"),
+                ],
+                "toy_train_00000.jpg: not a readable image",
+            )
+        )
     for argv, message in cases:
         assert main(argv) == 2, argv
         error = capsys.readouterr().err
@@ -233,8 +355,9 @@ def test_a_torn_last_log_line_does_not_block_resume(toy_dir, tmp_path):
         log.write('{"iteration": 3, "lo')  # a crash in the middle of a line
     assert [r["iteration"] for r in read_metrics(tmp_path)] == [1, 2]
     # settings that do not change the result may differ on resume
-    longer = TrainConfig.fast(**{**TINY, "iterations": 2, "checkpoint_every": 5, "num_workers": 0},
-                              dataset=str(toy_dir))  # fmt: skip
+    longer = TrainConfig.fast(
+        **{**TINY, "iterations": 2, "checkpoint_every": 5, "num_workers": 0}, dataset=str(toy_dir)
+    )
     train(longer, tmp_path, resume=True, progress=False)
     with pytest.raises(ValueError, match="another configuration.*'lr'"):
         train(TrainConfig.fast(**TINY, dataset=str(toy_dir), lr=0.5), tmp_path, resume=True)
@@ -272,8 +395,11 @@ def test_the_crf_layer_in_every_float_dtype_and_an_empty_batch():
     for method in ("permutohedral", "naive"):
         crf = MeanFieldCRF(4, method=method)
         reference = crf(image, logits)
-        for dtype, tolerance in ((torch.float64, 1e-4), (torch.float16, 0.05),
-                                 (torch.bfloat16, 0.05)):  # fmt: skip
+        for dtype, tolerance in (
+            (torch.float64, 1e-4),
+            (torch.float16, 0.05),
+            (torch.bfloat16, 0.05),
+        ):
             q = crf(image, logits.to(dtype))  # half precisions: computed in float32
             assert q.dtype == dtype, (method, dtype)
             assert (q.float() - reference).abs().max() < tolerance, (method, dtype)

@@ -82,8 +82,9 @@ def test_a_weights_only_checkpoint_resumes_only_when_finished(data_root: Path) -
     assert all(torch.equal(v, state["model"][k]) for k, v in model.cpu().state_dict().items())
     longer = dataclasses.replace(config, iterations=config.iterations + 1)
     state["config"] = longer.to_dict()
-    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "sha256")},
-                    folder / "checkpoint.pt")  # fmt: skip
+    save_checkpoint(
+        {k: v for k, v in state.items() if k not in ("format", "sha256")}, folder / "checkpoint.pt"
+    )
     with pytest.raises(ValueError, match="weights only .* cannot be resumed"):
         train(longer, folder, resume=True, progress=False)
 

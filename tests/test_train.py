@@ -33,8 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tiny(**changes) -> TrainConfig:
     """A network of width 1/16 on 33-pixel crops: a training step takes milliseconds."""
-    values = dict(width=0.0625, crop=33, batch_size=2, iterations=6, lr_step=4,
-                  checkpoint_every=2)  # fmt: skip
+    values = dict(width=0.0625, crop=33, batch_size=2, iterations=6, lr_step=4, checkpoint_every=2)
     values.update(changes)
     return TrainConfig.fast(**values)
 
@@ -75,8 +74,12 @@ def test_param_groups_follow_the_caffe_solver():
     model = build_model(tiny())
     groups = {g["name"]: g for g in param_groups(model, config)}
     assert set(groups) == {"pretrained weights", "pretrained biases", "new weights", "new biases"}
-    expected = {"pretrained weights": (1, 5e-4), "pretrained biases": (2, 0.0),
-                "new weights": (10, 5e-4), "new biases": (20, 0.0)}  # fmt: skip
+    expected = {
+        "pretrained weights": (1, 5e-4),
+        "pretrained biases": (2, 0.0),
+        "new weights": (10, 5e-4),
+        "new biases": (20, 0.0),
+    }
     for name, (mult, decay) in expected.items():
         assert (groups[name]["lr_mult"], groups[name]["weight_decay"]) == (mult, decay)
     new = {id(p) for p in groups["new weights"]["params"] + groups["new biases"]["params"]}
@@ -156,8 +159,9 @@ def test_training_is_deterministic_and_resumes_exactly(toy_train, tmp_path):
     with pytest.raises(FileExistsError, match="resume"):
         train(config, tmp_path / "b", dataset=toy_train, progress=False)
     resumed = train(config, tmp_path / "b", resume=True, dataset=toy_train, progress=False)
-    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(),
-                            strict=True):  # fmt: skip
+    for (name, a), b in zip(
+        reference.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), name
     losses = [[r["loss"] for r in read_metrics(tmp_path / d)] for d in ("a", "b")]
     assert len(losses[0]) == config.iterations and losses[0] == losses[1]
@@ -242,13 +246,22 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world: int, port: int, toy_dir: str, out: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    model = train(tiny(iterations=3), Path(out) / "run", dataset=VOCSegmentation(toy_dir, "train"),
-                  progress=False)  # fmt: skip
+    model = train(
+        tiny(iterations=3),
+        Path(out) / "run",
+        dataset=VOCSegmentation(toy_dir, "train"),
+        progress=False,
+    )
     torch.save(model.state_dict(), Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -270,8 +283,10 @@ def test_msc_is_a_second_stage_as_released(toy_train, tmp_path):
     groups = {g["name"]: g["lr_mult"] for g in param_groups(model, config)}
     assert groups == {"new weights": 1.0, "new biases": 2.0}
     # initialised as released: branch convolutions 0.001 (pool4's 1x1 0.005), classifier 0.01
-    stds = [(branch[0].weight.std().item(), branch[3].weight.std().item())
-            for branch in model.msc.branches]  # fmt: skip
+    stds = [
+        (branch[0].weight.std().item(), branch[3].weight.std().item())
+        for branch in model.msc.branches
+    ]
     expected = [(1e-3, 1e-3)] * 4 + [(1e-3, 5e-3)]
     for got, want in zip(stds, expected, strict=True):
         assert got == pytest.approx(want, rel=0.2)
@@ -281,8 +296,9 @@ def test_msc_is_a_second_stage_as_released(toy_train, tmp_path):
     with torch.no_grad():
         zeroed = copy.deepcopy(model)
         zeroed.msc.classifier.weight.zero_()
-        torch.testing.assert_close(zeroed.eval().predict(x), stage_one.eval().predict(x),
-                                   rtol=0, atol=0)  # fmt: skip
+        torch.testing.assert_close(
+            zeroed.eval().predict(x), stage_one.eval().predict(x), rtol=0, atol=0
+        )
     trained = train(config, tmp_path / "two", dataset=toy_train, progress=False)
     after = trained.state_dict()
     for name, value in after.items():
@@ -310,11 +326,31 @@ def test_ddp_on_gloo_with_two_processes_keeps_replicas_in_sync(toy_dir, tmp_path
 @pytest.mark.slow  # seconds: `make unit` leaves it out
 def test_torchrun_launches_the_command_line_on_two_processes(toy_dir, tmp_path):
     """The documented multi-GPU command, with the CPU's gloo back end instead of NCCL."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               "--master_port", str(_free_port()), "-m", "deeplab_edu", "train", "--fast",
-               "--dataset", str(toy_dir), "--width", "0.0625", "--crop", "33", "--batch-size",
-               "2", "--iterations", "2", "--out", str(tmp_path / "run"),
-               "--no-progress"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "deeplab_edu",
+        "train",
+        "--fast",
+        "--dataset",
+        str(toy_dir),
+        "--width",
+        "0.0625",
+        "--crop",
+        "33",
+        "--batch-size",
+        "2",
+        "--iterations",
+        "2",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=environment)
     assert result.returncode == 0, result.stderr[-2000:]

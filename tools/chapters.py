@@ -50,17 +50,26 @@ REPO = Path(__file__).resolve().parents[1]
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 CELL_TIMEOUT = 3600  # s; see the README (a loaded machine is up to 14x slower than an idle one)
 # what nbval leaves out of a comparison (its defaults; images too, without --nbdime)
-SKIPPED_KEYS = {"metadata", "traceback", "prompt_number", "output_type", "name",
-                "execution_count", "application/vnd.jupyter.widget-view+json",
-                "image/png", "image/jpeg"}  # fmt: skip
+SKIPPED_KEYS = {
+    "metadata",
+    "traceback",
+    "prompt_number",
+    "output_type",
+    "name",
+    "execution_count",
+    "application/vnd.jupyter.widget-view+json",
+    "image/png",
+    "image/jpeg",
+}
 
 
 def install(target: Path) -> None:
     """Build the wheel and install it (without dependencies: the environment has them)."""
     source, wheels = target.parent / "source", target.parent / "wheels"
     # built from a copy of the package, so that no build/ folder lands in the checkout
-    shutil.copytree(REPO / "deeplab_edu", source / "deeplab_edu",
-                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copytree(
+        REPO / "deeplab_edu", source / "deeplab_edu", ignore=shutil.ignore_patterns("__pycache__")
+    )
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
     run = [sys.executable, "-m", "pip", "-q"]
@@ -74,6 +83,7 @@ def install(target: Path) -> None:
 # one ran (a reader who opens one of them alone waits for that search instead). Every other
 # chapter runs alone in an empty folder of its own, as a reader who opens it first meets it.
 SHARED_FOLDER = ("crf_parameters", "results", "reproduce", "crf_training", "what_came_next")
+LONG = ("training", "own_data")  # the single chapters that train a network (minutes each)
 WORKERS = 2  # chapters executed at a time (this machine and CI have two cores)
 # one PyTorch thread per chapter: two chapters fill two cores, and a single thread degrades
 # gracefully on a busy machine, where two threads wait for each other (see the README)
@@ -82,11 +92,13 @@ THREADS = "1"
 
 def jobs() -> list[list[Path]]:
     """The chapters in groups that run one after another in one folder, the longest first (the
-    shared folder's group, then the training chapter's run), the rest in reading order."""
+    shared folder's group, then the chapters that train: :data:`LONG`), the rest in reading
+    order: the short ones then fill whichever worker is free, and both end at about the same
+    time (run last, a long one kept one worker busy while the other stood idle)."""
     by_stem = {chapter.stem: chapter for chapter in chapters()}
     shared = [by_stem.pop(stem) for stem in SHARED_FOLDER if stem in by_stem]
-    training = [by_stem.pop("training")] if "training" in by_stem else []
-    return [group for group in (shared, training) if group] + [[c] for c in by_stem.values()]
+    long = [[by_stem.pop(stem)] for stem in LONG if stem in by_stem]
+    return [group for group in (shared, *long) if group] + [[c] for c in by_stem.values()]
 
 
 def _run_job(group: list[Path], folder: Path, out: Path) -> list[tuple[str, str, float]]:
@@ -99,8 +111,9 @@ def _run_job(group: list[Path], folder: Path, out: Path) -> list[tuple[str, str,
         began = time.perf_counter()
         try:
             resources = {"metadata": {"path": str(folder)}}
-            NotebookClient(notebook, timeout=CELL_TIMEOUT, resources=resources,
-                           record_timing=False).execute()  # fmt: skip
+            NotebookClient(
+                notebook, timeout=CELL_TIMEOUT, resources=resources, record_timing=False
+            ).execute()
             status = "ok"
         except Exception as error:  # a cell raised: report the chapter and go on
             status = f"FAILED: {str(error).strip().splitlines()[-1][:300]}"
@@ -142,8 +155,10 @@ def execute(out: Path) -> int:
         failures = [name for name, status, _ in results if status != "ok"]
         if not (folders[0] / "data" / "runs").is_dir():  # where an installed package puts it
             failures.append("the chapters did not use ./data: was the checkout imported?")
-        print(f"[chapters] {len(results)} chapters in {time.perf_counter() - began:.0f} s, "
-              f"{WORKERS} at a time; failed: {failures or 'none'}")  # fmt: skip
+        print(
+            f"[chapters] {len(results)} chapters in {time.perf_counter() - began:.0f} s, "
+            f"{WORKERS} at a time; failed: {failures or 'none'}"
+        )
         return 1 if failures else 0
 
 
@@ -189,9 +204,9 @@ def differences(executed: nbformat.NotebookNode, committed: nbformat.NotebookNod
 def _names(source: str) -> tuple[set[str], set[str]]:
     """(names a cell defines, names it reads); IPython's ``%`` and ``!`` lines are left out."""
     code = "\n".join(  # a magic becomes `pass`, so that the block around it stays valid
-        line[: len(line) - len(line.lstrip())] + "pass" if line.lstrip()[:1] in ("%", "!")
-        else line for line in source.splitlines()
-    )  # fmt: skip
+        line[: len(line) - len(line.lstrip())] + "pass" if line.lstrip()[:1] in ("%", "!") else line
+        for line in source.splitlines()
+    )
     defined, used = set(), set()
     for node in ast.walk(ast.parse(code)):
         if isinstance(node, ast.Name):
@@ -234,8 +249,10 @@ def check(out: Path) -> int:
     for chapter in chapters():
         executed = out / chapter.name
         if not executed.is_file():
-            print(f"[check] {chapter.name}: not executed ({executed} missing): run "
-                  "`python -m tools.chapters execute` first")  # fmt: skip
+            print(
+                f"[check] {chapter.name}: not executed ({executed} missing): run "
+                "`python -m tools.chapters execute` first"
+            )
             failures += 1
             continue
         committed = nbformat.read(chapter, as_version=4)
@@ -244,12 +261,16 @@ def check(out: Path) -> int:
         checked = sum(c.cell_type == "code" and CHECK_MARK in c.source for c in committed.cells)
         compared += checked
         failures += bool(problems)
-        print(f"[check] {chapter.name}: {checked} checked cells, "
-              + ("agree" if not problems else "DIFFER"))  # fmt: skip
+        print(
+            f"[check] {chapter.name}: {checked} checked cells, "
+            + ("agree" if not problems else "DIFFER")
+        )
         for problem in problems:
             print(f"  {problem}")
-    print(f"[check] {compared} checked cells in {len(chapters())} chapters; "
-          f"{failures} chapters differ")  # fmt: skip
+    print(
+        f"[check] {compared} checked cells in {len(chapters())} chapters; "
+        f"{failures} chapters differ"
+    )
     unshown = claims.unsupported(out)  # the prose's numbers against this run's outputs
     for problem in unshown:
         print(f"[check] prose: {problem}: no output of this run shows it (tools/claims.py)")

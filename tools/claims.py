@@ -36,33 +36,54 @@ ESTIMATE = "a full-mode estimate, labelled as one in its table"
 RECORD = "a benchmark record, stated as measured by benchmarks/bench_crf.py (its README)"
 ALLOWED: dict[str, dict[str, str]] = {
     "before_and_after": {
-        "62.2%": CITED, "67.2%": CITED, "71.6%": PAPER, "74.7%": CITED, "79.7%": CITED,
+        "62.2%": CITED,
+        "67.2%": CITED,
+        "71.6%": PAPER,
+        "74.7%": CITED,
+        "79.7%": CITED,
         "89.0%": CITED,
     },
     "crf_training": {"74.7%": CITED},
     "getting_started": {"71.6%": PAPER},
     "vgg_to_deeplab": {
-        "67.64%": PAPER, "528 MB": SIZE,
+        "67.64%": PAPER,
+        "528 MB": SIZE,
         "15%": "derived in the text from two printed counts (20.5M / 134.3M)",
         "76%": "an exercise's solution, derived from printed counts",
     },
     "data": {"1.4 GB": SIZE},
     "engineering": {
-        "1.4 GB": SIZE, "0.57 s": RECORD, "0.41 s": RECORD, "0.71 s": RECORD, "0.15 s": RECORD,
-        "0.032 s": RECORD, "0.007 s": RECORD, "4x": RECORD, "2.57 s": RECORD, "2.68 s": RECORD,
-        "7x": RECORD, "4.2x": RECORD, "8x": RECORD, "9x": RECORD,
+        "1.4 GB": SIZE,
+        "0.57 s": RECORD,
+        "0.41 s": RECORD,
+        "0.71 s": RECORD,
+        "0.15 s": RECORD,
+        "0.032 s": RECORD,
+        "0.007 s": RECORD,
+        "4x": RECORD,
+        "2.57 s": RECORD,
+        "2.68 s": RECORD,
+        "7x": RECORD,
+        "4.2x": RECORD,
+        "8x": RECORD,
+        "9x": RECORD,
         "768 points": "a chunk size (32,768 points), a design value",
     },
     "reproduce": {
-        "3.4 GB": SIZE, "1.4 GB": SIZE, "528 MB": SIZE, "40 min": ESTIMATE, "1.5 s": ESTIMATE,
-        "60 min": ESTIMATE, "30 min": ESTIMATE,
+        "3.4 GB": SIZE,
+        "1.4 GB": SIZE,
+        "528 MB": SIZE,
+        "40 min": ESTIMATE,
+        "1.5 s": ESTIMATE,
+        "60 min": ESTIMATE,
+        "30 min": ESTIMATE,
         "5 points": "the paper's CRF gain, 62.25% -> 67.64% (Paper facts)",
     },
     "crf_parameters": {
         "27 points": "the size of a fine grid, 3 x 3 x 3, a design value",
         "76.3%": "recorded with deeplab_edu.runs.MIOU_TOLERANCE (two threads), cited there",
     },
-}  # fmt: skip
+}
 
 
 def output_numbers(notebook: dict) -> set[float]:
@@ -102,8 +123,10 @@ def main(argv: list[str]) -> int:
     folder = Path(argv[0]) if argv else Path("book")
     problems = unsupported(folder)
     for problem in problems:
-        print(f"[claims] {problem}: no output shows it; compute it, drop it, or list it in "
-              "tools/claims.py with its source")  # fmt: skip
+        print(
+            f"[claims] {problem}: no output shows it; compute it, drop it, or list it in "
+            "tools/claims.py with its source"
+        )
     print(f"[claims] {folder}: {len(problems)} number(s) in prose without an output")
     return 1 if problems else 0
 

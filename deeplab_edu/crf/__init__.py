@@ -23,9 +23,22 @@ from deeplab_edu.crf.rnn import MeanFieldCRF
 from deeplab_edu.crf.simulate import simulate_unaries
 
 __all__ = [
-    "CRFParams", "METHODS", "MeanFieldCRF", "NAIVE_MAX_PIXELS", "NORMALIZATIONS", "MeanFieldResult",
+    "CRFParams",
+    "METHODS",
+    "MeanFieldCRF",
+    "NAIVE_MAX_PIXELS",
+    "NORMALIZATIONS",
+    "MeanFieldResult",
     "NaiveFilter",
-    "PermutohedralLattice", "appearance_features", "dense_crf", "gaussian_kernel", "grid_energy",
-    "grid_message", "mean_field",
-    "reference_available", "reference_dense_crf", "simulate_unaries", "smoothness_features",
-]  # fmt: skip
+    "PermutohedralLattice",
+    "appearance_features",
+    "dense_crf",
+    "gaussian_kernel",
+    "grid_energy",
+    "grid_message",
+    "mean_field",
+    "reference_available",
+    "reference_dense_crf",
+    "simulate_unaries",
+    "smoothness_features",
+]

@@ -84,9 +84,13 @@ class _Term:
     compatibility (``potts``, a number, or ``matrix``, S)."""
 
     def __init__(
-        self, features: torch.Tensor, compat: object, kernel: int, normalization: int,
+        self,
+        features: torch.Tensor,
+        compat: object,
+        kernel: int,
+        normalization: int,
         n_labels: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if kernel not in set(KernelType):
             raise ValueError(f"kernel must be one of {[k.name for k in KernelType]}, got {kernel}")
         if normalization not in set(NormalizationType):
@@ -119,8 +123,11 @@ class _Messages:
         if potts:  # $+\\sum_k w_k \\tilde K_k Q$
             outer = [t.potts * t.outer for t in potts]
             self.potts = LatticeSum([t.lattice for t in potts], [t.inner for t in potts], outer)
-        self.others = [(LatticeSum([t.lattice], [t.inner], [t.outer]), t.matrix)
-                       for t in terms if t.potts is None]  # fmt: skip
+        self.others = [
+            (LatticeSum([t.lattice], [t.inner], [t.outer]), t.matrix)
+            for t in terms
+            if t.potts is None
+        ]
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         """``(N, M)`` marginals -> ``(N, M)``."""
@@ -353,8 +360,9 @@ def batch_inference(
         crf = DenseCRF2D(width, height, unaries.shape[1], device=device)
         crf.setUnaryEnergy(unaries[index])
         crf.addPairwiseGaussian(gaussian[0], gaussian[1], normalization=normalization)
-        crf.addPairwiseBilateral(bilateral[0], bilateral[1], rgbims[index], bilateral[2],
-                                 normalization=normalization)  # fmt: skip
+        crf.addPairwiseBilateral(
+            bilateral[0], bilateral[1], rgbims[index], bilateral[2], normalization=normalization
+        )
         out[index] = crf.inference(iterations)
     return out
 

@@ -201,8 +201,10 @@ def check_inputs(image: torch.Tensor, probs: torch.Tensor) -> None:
         hint = " (channels first? use image.permute(1, 2, 0))" if image.shape[:1] == (3,) else ""
         raise ValueError(f"image must be (H, W, 3) RGB, got shape {tuple(image.shape)}{hint}")
     if not isinstance(probs, torch.Tensor) or not probs.is_floating_point():
-        raise TypeError(f"probs must be a float tensor (C, H, W), got {type(probs).__name__} "
-                        f"{getattr(probs, 'dtype', '')}")  # fmt: skip
+        raise TypeError(
+            f"probs must be a float tensor (C, H, W), got {type(probs).__name__} "
+            f"{getattr(probs, 'dtype', '')}"
+        )
     if probs.ndim != 3:
         raise ValueError(f"probs must be (C, H, W), got shape {tuple(probs.shape)}")
     c, h, w = probs.shape
@@ -360,7 +362,9 @@ def dense_crf(
         if len(probs) == 0:  # an empty batch: an empty result
             return torch.empty_like(probs)
         return torch.stack(
-            [mean_field(im, p, params, method=method, exclude_self=exclude_self).q
-             for im, p in zip(image, probs, strict=True)]
-        )  # fmt: skip
+            [
+                mean_field(im, p, params, method=method, exclude_self=exclude_self).q
+                for im, p in zip(image, probs, strict=True)
+            ]
+        )
     return mean_field(image, probs, params, method=method, exclude_self=exclude_self).q

@@ -151,8 +151,12 @@ class PermutohedralLattice:
         rank = torch.empty(n, d + 1, dtype=torch.int8, device=device)
         self.weights = torch.empty(n, d + 1, dtype=torch.float32, device=device)
         for i in range(0, n, _CHUNK):  # a loop over chunks of points, not over points
-            _simplex(f[i : i + _CHUNK], reduced[i : i + _CHUNK], rank[i : i + _CHUNK],
-                     self.weights[i : i + _CHUNK])  # fmt: skip
+            _simplex(
+                f[i : i + _CHUNK],
+                reduced[i : i + _CHUNK],
+                rank[i : i + _CHUNK],
+                self.weights[i : i + _CHUNK],
+            )
 
         # Vertex q of the simplex (q = 0..d) has coordinates
         # $\mathrm{rem0}_i + q - (d+1)[\mathrm{rank}_i > d-q]$.
@@ -387,8 +391,11 @@ class LatticeSum:
             torch.index_select(lattice.weights.view(-1), 0, order, out=values).mul_(a[point])
             columns = range(column, column + d + 1)  # this lattice's non-zeros in each row
             torch.add(lattice.offsets, start, out=slice_cols[:, columns.start : columns.stop])
-            torch.mul(lattice.weights, lattice.alpha * b[:, None],
-                      out=slice_values[:, columns.start : columns.stop])  # fmt: skip
+            torch.mul(
+                lattice.weights,
+                lattice.alpha * b[:, None],
+                out=slice_values[:, columns.start : columns.stop],
+            )
             self.segments.append((start, lattice.num_vertices + 1))
             start += lattice.num_vertices + 1
             nnz += len(order)
@@ -399,14 +406,19 @@ class LatticeSum:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             self.splat_matrix = torch.sparse_csr_tensor(
-                torch.cat(crows).to(index), splat_cols, splat_values,
-                size=(start, n), check_invariants=False,
-            )  # fmt: skip
+                torch.cat(crows).to(index),
+                splat_cols,
+                splat_values,
+                size=(start, n),
+                check_invariants=False,
+            )
             self.slice_matrix = torch.sparse_csr_tensor(
                 torch.arange(0, n * per_row + 1, per_row, device=device, dtype=index),
-                slice_cols.view(-1), slice_values.view(-1),
-                size=(n, start), check_invariants=False,
-            )  # fmt: skip
+                slice_cols.view(-1),
+                slice_values.view(-1),
+                size=(n, start),
+                check_invariants=False,
+            )
 
     def __call__(self, values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``(N, C)`` values -> ``(N, C)``: $\\sum_m b_m \\odot K_m (a_m \\odot v)$, written
@@ -425,8 +437,9 @@ class LatticeSum:
                 self._work = values.new_empty(2 * largest * c)
             # (addmm with beta = 0 ignores the buffer's old values; plain mm with out= clears
             # it first, a pass over memory that made the slice twice as slow)
-            stacked = torch.addmm(self._stacked, self.splat_matrix, values, beta=0,
-                                  out=self._stacked)  # fmt: skip
+            stacked = torch.addmm(
+                self._stacked, self.splat_matrix, values, beta=0, out=self._stacked
+            )
         # stacked: (sum_m (M_m + 1), C); the padding rows stay 0
         for lattice, (start, rows) in zip(self.lattices, self.segments, strict=True):
             work = self._work[: 2 * (rows - 1) * c].view(2, rows - 1, c) if reuse else None

@@ -53,11 +53,19 @@ def reference_dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams)
     # unary: $-\log P$ with P clipped to [1e-5, 1] (pydensecrf.utils.unary_from_softmax)
     unary = -np.log(np.clip(probs, 1e-5, 1.0)).reshape(c, -1).astype(np.float32)
     crf.setUnaryEnergy(np.ascontiguousarray(unary))
-    crf.addPairwiseGaussian(sxy=params.theta_gamma, compat=params.w2, kernel=dcrf.DIAG_KERNEL,
-                            normalization=kinds[normalization])  # fmt: skip
-    crf.addPairwiseBilateral(sxy=params.theta_alpha, srgb=params.theta_beta,
-                             rgbim=np.ascontiguousarray(image, dtype=np.uint8),
-                             compat=params.w1, kernel=dcrf.DIAG_KERNEL,
-                             normalization=kinds[normalization])  # fmt: skip
+    crf.addPairwiseGaussian(
+        sxy=params.theta_gamma,
+        compat=params.w2,
+        kernel=dcrf.DIAG_KERNEL,
+        normalization=kinds[normalization],
+    )
+    crf.addPairwiseBilateral(
+        sxy=params.theta_alpha,
+        srgb=params.theta_beta,
+        rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+        compat=params.w1,
+        kernel=dcrf.DIAG_KERNEL,
+        normalization=kinds[normalization],
+    )
     q = np.asarray(crf.inference(params.iterations), dtype=np.float32)  # (C, H*W)
     return q.reshape(c, h, w)

@@ -84,12 +84,20 @@ class MeanFieldCRF(nn.Module):
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         # CRFParams checks that every number is finite and non-negative, and the normalisation
-        self.params = CRFParams(w1=w1, theta_alpha=theta_alpha, theta_beta=theta_beta, w2=w2,
-                                theta_gamma=theta_gamma, iterations=iterations,
-                                normalization=normalization)  # fmt: skip
+        self.params = CRFParams(
+            w1=w1,
+            theta_alpha=theta_alpha,
+            theta_beta=theta_beta,
+            w2=w2,
+            theta_gamma=theta_gamma,
+            iterations=iterations,
+            normalization=normalization,
+        )
         if not (w1 > 0 and w2 > 0):
-            raise ValueError(f"learnable weights must start above 0 (their logarithms are "
-                             f"learned), got w1={w1}, w2={w2}")  # fmt: skip
+            raise ValueError(
+                f"learnable weights must start above 0 (their logarithms are "
+                f"learned), got w1={w1}, w2={w2}"
+            )
         if method not in LAYER_METHODS:
             raise ValueError(f"method must be one of {LAYER_METHODS}, got {method!r}")
         self.num_classes, self.method = num_classes, method
@@ -102,10 +110,17 @@ class MeanFieldCRF(nn.Module):
     ) -> MeanFieldCRF:
         """The layer of a :class:`CRFParams` (e.g. a grid search's best): its weights as the
         starting weights, its bandwidths, iterations and normalisation; Potts compatibility."""
-        return cls(num_classes, w1=params.w1, theta_alpha=params.theta_alpha,
-                   theta_beta=params.theta_beta, w2=params.w2, theta_gamma=params.theta_gamma,
-                   iterations=params.iterations, normalization=params.normalization,
-                   method=method)  # fmt: skip
+        return cls(
+            num_classes,
+            w1=params.w1,
+            theta_alpha=params.theta_alpha,
+            theta_beta=params.theta_beta,
+            w2=params.w2,
+            theta_gamma=params.theta_gamma,
+            iterations=params.iterations,
+            normalization=params.normalization,
+            method=method,
+        )
 
     @property
     def weights(self) -> torch.Tensor:
@@ -121,21 +136,26 @@ class MeanFieldCRF(nn.Module):
         softmax over C (for ``F.cross_entropy``). Same arguments and errors as the call."""
         is_tensor = isinstance(logits, torch.Tensor)
         if not is_tensor or logits.ndim != 4 or not logits.is_floating_point():
-            raise ValueError(f"logits must be a float (B, C, H, W) tensor, got "
-                             f"{getattr(logits, 'dtype', type(logits).__name__)} "
-                             f"{tuple(getattr(logits, 'shape', ()))}")  # fmt: skip
+            raise ValueError(
+                f"logits must be a float (B, C, H, W) tensor, got "
+                f"{getattr(logits, 'dtype', type(logits).__name__)} "
+                f"{tuple(getattr(logits, 'shape', ()))}"
+            )
         batch, classes, height, width = logits.shape
         if classes != self.num_classes:
-            raise ValueError(f"logits have {classes} classes, the layer was built for "
-                             f"{self.num_classes}")  # fmt: skip
+            raise ValueError(
+                f"logits have {classes} classes, the layer was built for {self.num_classes}"
+            )
         if (
             not isinstance(image, torch.Tensor)
             or image.dtype != torch.uint8
             or tuple(image.shape) != (batch, height, width, 3)
         ):
-            raise ValueError(f"image must be a uint8 (B, H, W, 3) = {(batch, height, width, 3)} "
-                             f"tensor, got {getattr(image, 'dtype', type(image).__name__)} "
-                             f"{tuple(getattr(image, 'shape', ()))}")  # fmt: skip
+            raise ValueError(
+                f"image must be a uint8 (B, H, W, 3) = {(batch, height, width, 3)} "
+                f"tensor, got {getattr(image, 'dtype', type(image).__name__)} "
+                f"{tuple(getattr(image, 'shape', ()))}"
+            )
         if batch == 0:
             return torch.empty_like(logits)
         # float64 only where the filtering is exact; float32 for the lattice and half precisions

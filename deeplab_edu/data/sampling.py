@@ -60,7 +60,7 @@ class Batches(torch.utils.data.Sampler):
     def __init__(
         self, n: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0,
         world_size: int = 1,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if batch_size % world_size:
             raise ValueError(
                 f"batch_size {batch_size} must be divisible by the number of processes {world_size}"

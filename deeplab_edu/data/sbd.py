@@ -27,12 +27,12 @@ from deeplab_edu.data.voc import IGNORE_INDEX, NUM_CLASSES, read_ids, write_mask
 _MI_DTYPES = {
     1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9: "f8", 12: "i8", 13: "u8",
     16: "u1", 17: "u2", 18: "u4",
-}  # fmt: skip
+}
 _MI_MATRIX, _MI_COMPRESSED = 14, 15
 _MX_CELL, _MX_STRUCT, _MX_OBJECT, _MX_CHAR, _MX_SPARSE = 1, 2, 3, 4, 5
 _MX_NUMERIC = {
     6: "f8", 7: "f4", 8: "i1", 9: "u1", 10: "i2", 11: "u2", 12: "i4", 13: "u4", 14: "i8", 15: "u8",
-}  # fmt: skip
+}
 MAX_BYTES = 64 << 20  # larger than any SBD annotation (a few hundred KiB), once inflated
 MAX_DEPTH = 16  # SBD nests three levels: struct -> cell -> sparse matrix
 

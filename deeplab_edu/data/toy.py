@@ -77,7 +77,7 @@ TOY_CLASSES: tuple[ToyClass, ...] = (
     # an upright body and a head
     ToyClass("person", ((0, 0.3, 0.42, 0.8, 3), (0, -0.75, 0.3, 0.3, 2)),
              "speckle", 3, 0.95, 10),
-)  # fmt: skip
+)
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
@@ -211,7 +211,7 @@ def make_toy_voc(root: str | Path, n_train: int, n_val: int, size: int, seed: in
     """
     for name, value, low, high in (("n_train", n_train, 1, MAX_IMAGES),
                                    ("n_val", n_val, 1, MAX_IMAGES), ("size", size, 32, MAX_SIZE),
-                                   ("seed", seed, 0, runtime.MAX_SEED)):  # fmt: skip
+                                   ("seed", seed, 0, runtime.MAX_SEED)):
         runtime.checked_int(name, value, low, high)
     final = Path(root)
     if final.exists():

@@ -19,7 +19,7 @@ CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
     "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
     "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+)
 NUM_CLASSES = len(CLASSES)  # 20 object classes + background
 IGNORE_INDEX = 255  # "void": object outlines and ambiguous pixels, ignored by loss and metrics
 CLASS_FILE = "classes.txt"  # a data set's class names, one per line, in index order

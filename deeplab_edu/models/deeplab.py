@@ -200,8 +200,9 @@ class MultiScaleHead(nn.Module):
     def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
         """Class scores ``(B, C, h, w)`` from the input and pool1..pool4 (``taps``)."""
         # (B, 128, h, w) per branch: ceil(H / 2^k) / (8 / 2^k) cells is ceil(H / 8) for every tap
-        features = torch.cat([branch(tap) for branch, tap in zip(self.branches, taps, strict=True)],
-                             dim=1)  # (B, 5 * 128, h, w)  # fmt: skip
+        features = torch.cat(
+            [branch(tap) for branch, tap in zip(self.branches, taps, strict=True)], dim=1
+        )  # (B, 5 * 128, h, w)
         return self.classifier(features)  # (B, C, h, w)
 
 
@@ -268,11 +269,16 @@ class DeepLab(nn.Module):
         self.fc7 = _one_or_list(nn.Conv2d(fc, fc, 1) for _ in branches)
         self.drop7 = nn.Dropout(config.dropout)
         self.msc = (
-            MultiScaleHead(tap_channels[:5], [stride // s for s in tap_strides[:5]],
-                           num_classes=num_classes, width=width, dropout=config.dropout)
+            MultiScaleHead(
+                tap_channels[:5],
+                [stride // s for s in tap_strides[:5]],
+                num_classes=num_classes,
+                width=width,
+                dropout=config.dropout,
+            )
             if msc
             else None
-        )  # fmt: skip
+        )
         self.fc8 = _one_or_list(nn.Conv2d(fc, num_classes, 1) for _ in branches)
         self.label_offset = math.ceil(first_centre(self.layers()))
         self.reset_parameters()

@@ -68,10 +68,14 @@ def load_trained_weights(model: DeepLab, path: str | Path) -> None:
         )
     own = model.state_dict()
     weights = {
-        name: tensor for name, tensor in state["model"].items()
-        if not (name.startswith(NEW_LAYER_PREFIXES) and name in own
-                and tensor.shape[:1] != own[name].shape[:1])  # a classifier for other classes
-    }  # fmt: skip
+        name: tensor
+        for name, tensor in state["model"].items()
+        if not (
+            name.startswith(NEW_LAYER_PREFIXES)
+            and name in own
+            and tensor.shape[:1] != own[name].shape[:1]
+        )  # a classifier for other classes
+    }
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as error:  # a tensor of another shape (e.g. another number of classes)

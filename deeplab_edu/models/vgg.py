@@ -26,8 +26,25 @@ from deeplab_edu import fetch, runtime
 
 # VGG-16 ("D"): numbers are 3x3 convolutions with that many output channels, "M" a max-pooling
 VGG16_CFG: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
-)  # fmt: skip
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+)
 FC_CHANNELS = 4096  # width of fc6 and fc7
 FC6_KERNEL = 7  # pool5 is 7x7 for a 224x224 input: fc6 sees all of it
 IMAGENET_CLASSES = 1000

@@ -50,8 +50,12 @@ def core_source(source: str) -> str:
     dropped: list[tuple[int, int]] = []  # 1-based line ranges, inclusive
     checks_at = None
     for index, statement in enumerate(function.body):
-        docstring = index == 0 and isinstance(statement, ast.Expr) and isinstance(
-            statement.value, ast.Constant) and isinstance(statement.value.value, str)  # fmt: skip
+        docstring = (
+            index == 0
+            and isinstance(statement, ast.Expr)
+            and isinstance(statement.value, ast.Constant)
+            and isinstance(statement.value.value, str)
+        )
         if docstring or _is_check(statement):
             dropped.append((statement.lineno, statement.end_lineno))
             if not docstring and checks_at is None:

@@ -37,8 +37,10 @@ def plot_pixel_kernels(
     smoothness = smoothness_features(height, width, theta_gamma)  # (N, 2)
     # $k(f_i, f_j)$ for the chosen i and every j, as an image; on a log scale, because the
     # many weak links add up (a message sums over every pixel)
-    maps = [np.log10(gaussian_kernel(f[index : index + 1], f).reshape(height, width).numpy()
-                     + 1e-12) for f in (appearance, smoothness)]  # fmt: skip
+    maps = [
+        np.log10(gaussian_kernel(f[index : index + 1], f).reshape(height, width).numpy() + 1e-12)
+        for f in (appearance, smoothness)
+    ]
     titles = [
         "the image and the pixel i",
         f"appearance kernel: $\\theta_\\alpha$ = {theta_alpha:g} px, "
@@ -130,15 +132,26 @@ def plot_lattice_2d(points: torch.Tensor, *, show_weights: bool = True) -> plt.F
     mass = torch.zeros(lattice.num_vertices).index_add_(
         0, lattice.offsets.reshape(-1), lattice.weights.reshape(-1)
     )
-    ax.scatter(*vertices.T, s=120 * to_numpy(mass), color="tab:orange", alpha=0.7, zorder=3,
-               label="splatted mass")  # fmt: skip
+    ax.scatter(
+        *vertices.T,
+        s=120 * to_numpy(mass),
+        color="tab:orange",
+        alpha=0.7,
+        zorder=3,
+        label="splatted mass",
+    )
     pts = to_numpy(points)
     if show_weights:
         for i in range(len(pts)):
             for q in range(3):
                 v = vertices[lattice.offsets[i, q]]
-                ax.plot(*zip(pts[i], v, strict=True), color="tab:blue",
-                        lw=3 * float(lattice.weights[i, q]), alpha=0.6, zorder=4)  # fmt: skip
+                ax.plot(
+                    *zip(pts[i], v, strict=True),
+                    color="tab:blue",
+                    lw=3 * float(lattice.weights[i, q]),
+                    alpha=0.6,
+                    zorder=4,
+                )
     ax.scatter(*pts.T, s=18, color="tab:blue", zorder=5, label="input points")
     ax.set_xlim(lo[0], hi[0])
     ax.set_ylim(lo[1], hi[1])
@@ -199,8 +212,9 @@ def plot_compatibility(
     keep = list(classes)
     shown = {title: to_numpy(m.detach())[np.ix_(keep, keep)] for title, m in matrices.items()}
     bound = max(float(np.abs(m).max()) for m in shown.values())
-    fig, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown) + 0.8, 3.4), squeeze=False,
-                             layout="constrained")  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(shown), figsize=(3.6 * len(shown) + 0.8, 3.4), squeeze=False, layout="constrained"
+    )
     for ax, (title, values) in zip(axes[0], shown.items(), strict=True):
         image = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound)
         for (row, col), value in np.ndenumerate(values):

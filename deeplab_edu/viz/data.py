@@ -78,8 +78,16 @@ def legend(
     names = [class_names[v] if v < len(class_names) else "void" for v in present]
     rows = -(-len(names) // 8)
     height = fig.get_figheight()
-    fig.legend(handles, names, loc="lower center", ncol=min(8, len(names)), fontsize=8,
-               frameon=False, handlelength=1.2, columnspacing=1.0)  # fmt: skip
+    fig.legend(
+        handles,
+        names,
+        loc="lower center",
+        ncol=min(8, len(names)),
+        fontsize=8,
+        frameon=False,
+        handlelength=1.2,
+        columnspacing=1.0,
+    )
     fig.tight_layout(rect=(0, min(0.4, (0.15 + 0.22 * rows) / height), right, 1))
 
 
@@ -150,8 +158,9 @@ def plot_examples(
     """
     heads = ["image", *columns]
     rows = len(images)
-    fig, axes = plt.subplots(rows, len(heads), figsize=(2.5 * len(heads), 2.3 * rows + 0.9),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        rows, len(heads), figsize=(2.5 * len(heads), 2.3 * rows + 0.9), squeeze=False
+    )
     present = []
     for r in range(rows):
         cells = [images[r], *(column[r] for column in columns.values())]
@@ -215,8 +224,14 @@ def plot_training_crops(
         coarse = to_numpy(subsample_labels(torch.as_tensor(target)))  # (h, w)
         rows, cols = np.mgrid[0 : coarse.shape[0], 0 : coarse.shape[1]] * stride
         void = coarse == IGNORE_INDEX
-        ax.scatter(cols[~void], rows[~void], s=20, c=PALETTE[coarse[~void]] / 255,
-                   edgecolors="white", linewidths=0.4)  # fmt: skip
+        ax.scatter(
+            cols[~void],
+            rows[~void],
+            s=20,
+            c=PALETTE[coarse[~void]] / 255,
+            edgecolors="white",
+            linewidths=0.4,
+        )
         ax.scatter(cols[void], rows[void], s=20, marker="x", c="white", linewidths=0.6)
         ax.set_title(f"{tuple(target.shape)} crop, {coarse.shape} labels", fontsize=8)
         ax.set_xticks([])
@@ -239,8 +254,15 @@ def plot_confusion_matrix(
         for j in range(n):
             if counts[i, j]:
                 colour = "white" if shown[i, j] > 0.5 * shown.max() else "black"
-                ax.text(j, i, f"{shown[i, j]:.2f}" if normalize else f"{int(counts[i, j])}",
-                        ha="center", va="center", fontsize=7, color=colour)  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{shown[i, j]:.2f}" if normalize else f"{int(counts[i, j])}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color=colour,
+                )
     ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), names, fontsize=8)
     ax.set_xlabel("prediction")

@@ -77,8 +77,16 @@ def plot_field_growth(stacks: Mapping[str, Sequence[FieldStep]]) -> plt.Figure:
     for k, (label, steps) in enumerate(stacks.items()):
         dash, marker, width = styles[k % len(styles)]
         xs = [names.index(step.name) for step in steps]
-        ax.plot(xs, [step.receptive_field for step in steps], linestyle=dash, marker=marker,
-                ms=3 + width / 2, linewidth=width, alpha=0.8, label=label)  # fmt: skip
+        ax.plot(
+            xs,
+            [step.receptive_field for step in steps],
+            linestyle=dash,
+            marker=marker,
+            ms=3 + width / 2,
+            linewidth=width,
+            alpha=0.8,
+            label=label,
+        )
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_ylabel("receptive field (pixels)")
     ax.grid(alpha=0.3)
@@ -128,8 +136,15 @@ def plot_fc6_decimation(kernels: Sequence[int] = (4, 3), size: int = 7) -> plt.F
         ax.imshow(kept, cmap="Greys", vmin=-0.3, vmax=1.3)
         for r in range(size):
             for c in range(size):
-                ax.text(c, r, f"{r},{c}", ha="center", va="center", fontsize=6,
-                        color="white" if kept[r, c] else "black")  # fmt: skip
+                ax.text(
+                    c,
+                    r,
+                    f"{r},{c}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if kept[r, c] else "black",
+                )
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"7x7 -> {kernel}x{kernel}: taps {taps}", fontsize=9)
@@ -145,13 +160,29 @@ def plot_fields(
     """Squares of each network's receptive field, centred on an ``image_size`` crop."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
     half = max(max(fields.values()), image_size) / 2 + 10
-    ax.add_patch(plt.Rectangle((-image_size / 2, -image_size / 2), image_size, image_size,
-                               color="0.9", label=f"{image_size}x{image_size} crop"))  # fmt: skip
+    ax.add_patch(
+        plt.Rectangle(
+            (-image_size / 2, -image_size / 2),
+            image_size,
+            image_size,
+            color="0.9",
+            label=f"{image_size}x{image_size} crop",
+        )
+    )
     styles = ("-", "--", ":", "-.")  # networks with the same field stay visible
     for index, (label, field) in enumerate(fields.items()):
-        ax.add_patch(plt.Rectangle((-field / 2, -field / 2), field, field, fill=False, lw=2,
-                                   color=plt.cm.tab10.colors[index % 10],
-                                   ls=styles[index % 4], label=f"{label}: {field}"))  # fmt: skip
+        ax.add_patch(
+            plt.Rectangle(
+                (-field / 2, -field / 2),
+                field,
+                field,
+                fill=False,
+                lw=2,
+                color=plt.cm.tab10.colors[index % 10],
+                ls=styles[index % 4],
+                label=f"{label}: {field}",
+            )
+        )
     ax.set_xlim(-half, half)
     ax.set_ylim(-half, half)
     ax.set_aspect("equal")

@@ -43,8 +43,13 @@ def plot_trimap(summary: dict) -> plt.Figure:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for method, curves in summary["trimap"].items():
         for ax, key in zip(axes, ("pixel_accuracy", "miou"), strict=True):
-            ax.plot(curves["widths"], 100 * np.array(curves[key], dtype=float), marker="o",
-                    markersize=3, label=LABELS.get(method, method))  # fmt: skip
+            ax.plot(
+                curves["widths"],
+                100 * np.array(curves[key], dtype=float),
+                marker="o",
+                markersize=3,
+                label=LABELS.get(method, method),
+            )
     for ax, name in zip(axes, ("pixel accuracy (%)", "mean IoU (%)"), strict=True):
         ax.set_xlabel("trimap band width (pixels)")
         ax.set_ylabel(name)
@@ -89,12 +94,14 @@ def plot_crf_heatmap(trials: Sequence[dict], *, dcnn_miou: float | None = None) 
     for t in coarse:
         index = weights.index(t["w1"]), alphas.index(t["theta_alpha"]), betas.index(t["theta_beta"])
         values[index] = 100 * t["miou"]
-    fig, axes = plt.subplots(1, len(weights), figsize=(4.6 * len(weights), 3.6), squeeze=False,
-                             layout="constrained")  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(weights), figsize=(4.6 * len(weights), 3.6), squeeze=False, layout="constrained"
+    )
     low, high = np.nanmin(values), np.nanmax(values)
     for k, (ax, w1) in enumerate(zip(axes[0], weights, strict=True)):
-        image = ax.imshow(values[k], vmin=low, vmax=high, cmap="viridis", origin="lower",
-                          aspect="auto")  # fmt: skip
+        image = ax.imshow(
+            values[k], vmin=low, vmax=high, cmap="viridis", origin="lower", aspect="auto"
+        )
         ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
         ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
         ax.set_xlabel(r"$\theta_\beta$ (colour, RGB units)")
@@ -104,13 +111,26 @@ def plot_crf_heatmap(trials: Sequence[dict], *, dcnn_miou: float | None = None) 
             for j in range(len(betas)):
                 # dark text on the light (yellow) end of viridis, white on the dark end
                 light = values[k, i, j] > low + 0.6 * (high - low)
-                ax.text(j, i, f"{values[k, i, j]:.1f}", ha="center", va="center", fontsize=7,
-                        color="black" if light else "white")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{values[k, i, j]:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if light else "white",
+                )
         if (best["w1"], best["theta_alpha"], best["theta_beta"]) in {
             (w1, a, b) for a in alphas for b in betas
         }:
-            ax.scatter([betas.index(best["theta_beta"])], [alphas.index(best["theta_alpha"])],
-                       s=300, facecolors="none", edgecolors="red", linewidths=2)  # fmt: skip
+            ax.scatter(
+                [betas.index(best["theta_beta"])],
+                [alphas.index(best["theta_alpha"])],
+                s=300,
+                facecolors="none",
+                edgecolors="red",
+                linewidths=2,
+            )
     label = "mean IoU (%)"
     if dcnn_miou is not None:
         label += f"; without CRF {100 * dcnn_miou:.1f}"
