@@ -140,7 +140,7 @@ def test_memory_savings_change_no_result(monkeypatch):
         assert large.offsets.dtype == large.neighbours.dtype == torch.int64
         assert torch.equal(small.offsets.long(), large.offsets)
         assert torch.equal(small.neighbours.long(), large.neighbours)
-        assert torch.equal(small._splat_order.long(), large._splat_order)
+        assert torch.equal(small.splat_order.long(), large.splat_order)
         padded = torch.cat([torch.rand(small.num_vertices, 4), torch.zeros(1, 4)])
         work = torch.full((2, small.num_vertices, 4), float("nan"))  # stale contents: unused
         assert torch.equal(small.blur_(padded.clone(), work), large.blur_(padded.clone()))

@@ -115,6 +115,10 @@ class PermutohedralLattice:
         codes: ``(M,)`` sorted int64 codes of the M lattice vertices (see :attr:`keys`).
         neighbours: ``(d+1, 2, M)`` indices of each vertex's two neighbours along each
             direction (the value M means "absent": that vertex received nothing).
+        splat_order: ``(N (d+1),)`` the (point, corner) pairs ``i (d+1) + q`` sorted by vertex:
+            the pairs that splat onto vertex ``v`` are ``splat_order[splat_starts[v]:
+            splat_starts[v + 1]]`` (what :class:`LatticeSum` builds its splat matrix from).
+        splat_starts: ``(M,)`` where each vertex's pairs begin in ``splat_order``.
 
     Index tables (``offsets``, ``neighbours``) are int32, half the memory of int64 (a
     1-megapixel image has 6 million offsets), unless N (d+1) passes 2^31 - 1: then int64.
@@ -208,8 +212,8 @@ class PermutohedralLattice:
         # it; blocks under 32 MB live in its heap, which keeps freed memory resident.)
         tables = vertex.new_empty(2, n * (d + 1))
         self.offsets = tables[0].scatter_(0, position, vertex).view(n, d + 1)
-        self._splat_order = tables[1].copy_(position)
-        self._splat_starts = torch.nonzero(is_first)[:, 0]  # (M,) first pair of each vertex
+        self.splat_order = tables[1].copy_(position)
+        self.splat_starts = torch.nonzero(is_first)[:, 0]  # (M,) first pair of each vertex
         del vertex, position, tables
 
         # Neighbours along direction j: all coordinates -1 except coordinate j, which gets +d
@@ -329,7 +333,7 @@ class PermutohedralLattice:
         :class:`LatticeSum` has copied them into its matrices: 108 MB for the CRF's two lattices
         at 1 megapixel. The lattice can still :meth:`blur_` (all a :class:`LatticeSum` needs of
         it), but no longer splat, slice or filter."""
-        self.offsets = self.weights = self._splat_order = None
+        self.offsets = self.weights = self.splat_order = None
 
 
 class LatticeSum:
@@ -376,11 +380,11 @@ class LatticeSum:
         start, nnz, column = 0, 0, 0
         self.segments = []  # rows [start, start + M + 1) of the stacked vertex values
         for lattice, a, b in zip(lattices, inner, outer, strict=True):
-            d, order = lattice.dim, lattice._splat_order
+            d, order = lattice.dim, lattice.splat_order
             # splat rows: one per vertex, listing the points that splat onto it; then one more,
             # empty row: the zero "absent neighbour" row of this lattice's blur
             crow = torch.cat(
-                [lattice._splat_starts, lattice._splat_starts.new_full((2,), len(order))]
+                [lattice.splat_starts, lattice.splat_starts.new_full((2,), len(order))]
             )
             crows.append(crow[(1 if start else 0) :] + nnz)
             pairs = range(nnz, nnz + len(order))  # this lattice's (point, vertex) pairs
