@@ -346,20 +346,12 @@ def test_download_dispatches_to_the_data_and_weights_code(monkeypatch, tmp_path,
 def test_evaluate_never_overwrites_its_inputs_or_foreign_files(run, tmp_path, capsys):
     checkpoint = run / "checkpoint.pt"
     before = checkpoint.read_bytes()
-    assert (
-        main(
-            [
-                "evaluate",
-                "--fast",
-                "--checkpoint",
-                str(checkpoint),
-                "--out",
-                str(checkpoint),
-                "--no-progress",
-            ]
-        )
-        == 2
-    )
+
+    def onto_its_input(command: str) -> int:  # --out names the --checkpoint it reads
+        paths = ["--checkpoint", str(checkpoint), "--out", str(checkpoint)]
+        return main([command, "--fast", *paths, "--no-progress"])
+
+    assert onto_its_input("evaluate") == 2
     assert "this command's --checkpoint input" in capsys.readouterr().err
     assert checkpoint.read_bytes() == before
     notes = tmp_path / "notes.json"
@@ -381,20 +373,7 @@ def test_evaluate_never_overwrites_its_inputs_or_foreign_files(run, tmp_path, ca
     assert notes.read_text() == '{"my": "notes"}'
     assert main([*args, "--force"]) == 0 and "miou" in json.loads(notes.read_text())
     assert main(args) == 0  # its own results JSON is replaced without --force
-    assert (
-        main(
-            [
-                "crf-search",
-                "--fast",
-                "--checkpoint",
-                str(checkpoint),
-                "--out",
-                str(checkpoint),
-                "--no-progress",
-            ]
-        )
-        == 2
-    )
+    assert onto_its_input("crf-search") == 2
     assert "this command's --checkpoint input" in capsys.readouterr().err
     assert checkpoint.read_bytes() == before
 

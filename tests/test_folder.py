@@ -123,66 +123,14 @@ def test_every_bad_folder_is_named(tmp_path):
 def test_train_evaluate_and_search_on_a_folder_of_four_classes(tmp_path):
     root = make_folder(tmp_path / "mine", n=10, size=40)
     run, results, search = tmp_path / "run", tmp_path / "r.json", tmp_path / "s.json"
-    tiny = ["--fast", "--width", "0.0625", "--no-progress"]
-    assert (
-        main(
-            [
-                "train",
-                *tiny,
-                "--dataset",
-                str(root),
-                "--crop",
-                "33",
-                "--batch-size",
-                "2",
-                "--iterations",
-                "2",
-                "--out",
-                str(run),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "evaluate",
-                "--fast",
-                "--no-progress",
-                "--checkpoint",
-                str(run / "checkpoint.pt"),
-                "--out",
-                str(results),
-            ]
-        )
-        == 0
-    )
+    tiny = "--fast --width 0.0625 --no-progress --crop 33 --batch-size 2 --iterations 2".split()
+    assert main(["train", *tiny, "--dataset", str(root), "--out", str(run)]) == 0
+    checkpoint = ["--fast", "--no-progress", "--checkpoint", str(run / "checkpoint.pt")]
+    assert main(["evaluate", *checkpoint, "--out", str(results)]) == 0
     summary = json.loads(results.read_text())
     assert list(summary["iou_per_class"]["crf"]) == list(CLASSES) and summary["images"] == 2
-    assert (
-        main(
-            [
-                "crf-search",
-                "--fast",
-                "--no-progress",
-                "--checkpoint",
-                str(run / "checkpoint.pt"),
-                "--num-images",
-                "2",
-                "--w1",
-                "4",
-                "--theta-alpha",
-                "30",
-                "--theta-beta",
-                "5",
-                "--max-recentres",
-                "0",
-                "--out",
-                str(search),
-            ]
-        )
-        == 0
-    )
+    grid = "--num-images 2 --w1 4 --theta-alpha 30 --theta-beta 5 --max-recentres 0".split()
+    assert main(["crf-search", *checkpoint, *grid, "--out", str(search)]) == 0
     assert json.loads(search.read_text())["trials"]
     # a network of VOC's 21 classes is refused on these 4, by name
     from deeplab_edu.evaluate import EvalConfig, evaluate
@@ -212,27 +160,6 @@ def test_a_network_for_other_classes_starts_from_its_features(tmp_path):
     assert torch.equal(mine.fc7.weight, voc_network.fc7.weight)
     assert torch.equal(mine.fc8.weight, fresh_fc8)  # a classifier for 4 classes, as built
     root = make_folder(tmp_path / "mine", n=5, size=40)
-    assert (
-        main(
-            [
-                "train",
-                "--fast",
-                "--width",
-                "0.0625",
-                "--no-progress",
-                "--dataset",
-                str(root),
-                "--init",
-                str(path),
-                "--crop",
-                "33",
-                "--batch-size",
-                "2",
-                "--iterations",
-                "1",
-                "--out",
-                str(tmp_path / "run"),
-            ]
-        )
-        == 0
-    )
+    tiny = "--fast --width 0.0625 --no-progress --crop 33 --batch-size 2 --iterations 1".split()
+    run = ["--dataset", str(root), "--init", str(path), "--out", str(tmp_path / "run")]
+    assert main(["train", *tiny, *run]) == 0
