@@ -16,7 +16,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # every stage prints how long it took
 timed = start=$$(date +%s); $(1); echo "[time] $(2): $$(( $$(date +%s) - start ))s"
 
-.PHONY: book test lint unit slow slow-beside-chapters model chapters check build browser execute bench student clean env
+.PHONY: book test lint unit slow slow-beside-chapters model chapters check build browser execute bench gpu-check student clean env
 
 env: $(STAMP)
 
@@ -108,6 +108,13 @@ test: $(STAMP) $(MATHJAX)
 # re-run every chapter (fast mode, as on Colab) and write its outputs into book/
 execute: $(STAMP) chapters
 	$(PY) -m tools.chapters write-back $(EXECUTED)
+
+# the GPU check (tools/gpu_check.py; `python -m tools.gpu_check --dry` is its CPU stand-in, run
+# by the unit tests): on a machine with CUDA, with the python3 that holds PyTorch there (no
+# virtual environment, nothing installed); writes benchmarks/results/gpu-check-<device>-<time>.json
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) -m tools.gpu_check --out benchmarks/results
 
 # the student edition (_build/student: no solution cells) and the instructor's copy
 student: $(STAMP)

@@ -44,8 +44,11 @@ def pydensecrf():
     return pydensecrf.densecrf
 
 
-@pytest.fixture(scope="session")
-def cuda_device() -> torch.device:
+@pytest.fixture
+def cuda_device(request: pytest.FixtureRequest) -> torch.device:
+    """The GPU, for tests marked ``gpu`` (the mark is what `make gpu-check` selects them by)."""
+    if request.node.get_closest_marker("gpu") is None:
+        pytest.fail(f"{request.node.name} takes cuda_device: mark it @pytest.mark.gpu")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device on this machine")
     return torch.device("cuda")

@@ -192,6 +192,7 @@ def test_matmul_speed_is_a_positive_rate():
     assert 0 < speed < float("inf")
 
 
+@pytest.mark.gpu
 def test_atrous_conv2d_on_cuda(cuda_device):
     x = torch.randn(2, 3, 17, 19, device=cuda_device)
     w = torch.randn(4, 3, 3, 3, device=cuda_device)
