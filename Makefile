@@ -52,6 +52,7 @@ book: $(STAMP) $(MATHJAX) chapters
 lint: $(STAMP)
 	$(VENV)/bin/ruff check deeplab_edu tests tools benchmarks book
 	$(VENV)/bin/ruff format --check deeplab_edu tests tools benchmarks book/_ext
+	$(VENV)/bin/mypy
 
 # the fast tier (under a minute idle); `make slow` runs the rest, `make test` both
 unit: $(STAMP)

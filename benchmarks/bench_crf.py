@@ -22,79 +22,9 @@ Goals (printed beside each ratio): <= 0.7x pydensecrf at every size on 2 threads
 at 0.19 MP), <= 1.0x on one thread, growth <= 4.5x for 4x the pixels, agreement >= 99.5%;
 peak memory <= 1.0x pydensecrf's at 1 MP.
 
-Memory round (issue 30): at 1 MP ours peaked at 950-975 MB above its start against 690-700 MB
-for pydensecrf (1.38x). Resident memory step by step showed where: the blur's two fresh (M, 21)
-tensors per direction left 120-160 MB of the C library's heap fragmented and resident; int64
-index tables and their temporaries (ranks, reduced coordinates, sort results, offsets, splat
-order, neighbours) took twice what int32 needs; the sparse matrices were built from
-per-lattice pieces and concatenated (about 200 MB more at their peak); and the lattices kept their
-per-point tables (108 MB) beside the matrices that copy them. Done, results bit for bit
-unchanged (checked at the three sizes and by a test): the blur gathers into a buffer reused by
-every call; index tables int32 (int64 only past 2^31 entries), ranks int8; the matrices written
-in place; offsets and splat order one block (48 MB, which the C library maps on its own and
-returns whole when freed); ``dense_crf`` drops the lattices' per-point tables once the fused
-matrices hold them. After: 530-610 MB at 1 MP, 0.80-0.87x pydensecrf through ``dense_crf``,
-0.95-1.03x pydensecrf called directly; 0.25 MP 0.89-0.96x; 0.05 MP (30-45 MB, where heap
-layout dominates) 0.9-1.3x. Times unchanged or better (builds 10-30% faster); the reference
-``splat`` converts its int32 offsets to int64 because ``index_add_`` is 10x slower with int32.
-Measured and not adopted: the second blur gather in row blocks (one (M, 21) buffer, 22 MB
-less) made the blur 30% slower; the blur's buffer borrowed from the message's memory saved
-nothing measurable. What remains: unary, Q and message (3 x 84 MB), the splat and slice
-matrices (144 MB), the vertex values and blur buffer (75 MB), and 50-100 MB of heap that the
-C library keeps after the lattice builds.
-
-Profile at 0.75 MP, 2 threads, before this round (total 2.57 s; pydensecrf 2.68 s, ratio 0.96):
-lattice build 0.62 s (appearance) + 0.12 s (smoothness), message set-up 0.16 s, and per
-iteration splat 44 ms, blur 22 ms, slice 36 ms, softmax 35 ms. The build's time grew 8x for 4x
-the pixels and the softmax's 9x: tensors of (N, d+1) int64 or (N, 21) float32 pass 32 MiB at
-0.75 MP, and each fresh one is a new memory mapping whose pages fault in on first touch, on
-every iteration. What was done (0.75 MP: 2.57 s -> about 1.8 s; 0.19 MP: 0.42 s -> 0.40 s):
-- the per-point steps of the build (elevate, simplex, weights, codes) in chunks of 32k points
-  that stay in cache, written into preallocated tensors: the appearance build 0.62 -> 0.27 s;
-- the codes sorted as 32-bit integers relative to the smallest when their range fits (it did
-  for every image tried: 28-32 bits): the sort 0.16 -> 0.10 s;
-- the vertex values, the message and Q in buffers reused by every iteration, and the softmax
-  written into Q's memory (``aten::_softmax.out``): per iteration about 140 -> 90 ms;
-- ``addmm(beta=0, out=...)`` instead of ``mm(out=...)``, which zero-fills the output first:
-  the slice 39 -> 17 ms;
-- the unaries computed in place (one copy instead of three).
-Tried and dropped: a hand-written softmax (exp(x - max) / sum, in place): 25 ms at 0.75 MP
-against 14 ms for PyTorch's own. Still open: one thread stays 1.1-1.2x pydensecrf (per
-iteration at 0.19 MP: sparse splat + slice 21 ms, blur 16 ms, softmax 8 ms, against about
-50 ms for pydensecrf's whole iteration).
-
-Third round, one thread at 0.19 MP (where ours is slowest against pydensecrf): a profile run
-took 0.90 s against pydensecrf's 0.74 s: the appearance lattice's build about 0.14-0.19 s (the
-simplex step 46 ms, the six neighbour look-ups 26 ms, the sort 17 ms, the inverse permutation
-10 ms), the smoothness build 0.05 s, the message set-up 0.06 s, then per iteration a message of
-48 ms (splat 15, blur 22, slice 13) and the softmax 8 ms. Done: the inverse permutation by
-``scatter_`` instead of ``index_put_`` (10.4 -> 2.9 ms), the look-ups masked in place; results
-unchanged. Measured and not adopted (blur of the appearance lattice, 96k vertices x 21 labels,
-15 ms in float32):
-- float16 vertex values: 7.7 ms, but a relative error of 1e-3 where float32 agrees with
-  pydensecrf to round-off; bfloat16: 8.9 ms, 7e-3;
-- ``torch.compile`` (inductor's C++ on the CPU, dynamic shapes) of the blur: 13 ms, after 21 s
-  of compilation: it pays back after about 1000 images (2 ms x 10 iterations each), so never
-  for one image and barely for VOC val, and it needs a C++ compiler at run time;
-- gathers into preallocated buffers (``index_select(out=)``): no gain, the allocator already
-  reuses the blocks; 32-bit neighbour indices: within the noise.
-What keeps one thread above 1.0: each blur direction is four passes over the vertex values
-(two gathers, two additions) where the C++ loop makes one, and only a compiler fuses them.
-Ratios vary from run to run on this shared host: this round, medians of 5 on an idle machine,
-0.61-0.72 on 2 threads (goal 0.7), 1.23-1.38 on one thread, growth 4.0-4.9x, agreement 100%.
-A val set at 0.19 MP ran at 2.0 images/s both ways, in 2 one-thread processes (0.99-1.00x) and
-on 2 threads as ``evaluate`` runs (about 12 min for VOC val): PyTorch's threads already use
-the cores, so evaluation gets no process pool.
-
-Earlier rounds (from about 2.4 s to 0.41 s at 0.19 MP):
-- splat and slice as sparse matrix products instead of scattered index additions: ~4x there;
-- both kernels folded into one splat and one slice;
-- one 64-bit integer code per lattice vertex and a single sort, instead of per-coordinate keys
-  and ``unique``: the d = 5 build from ~0.45 s to ~0.11 s;
-- the rank computed with a loop over the d + 1 coordinates (4x faster than a comparison matrix);
-- neighbour look-ups on one side only, the other side by the inverse map; 32-bit sparse indices;
-- tried and dropped: numbering vertices by first appearance (no gain), sparse matrices for the
-  blur (slower than indexing).
+Ratios vary from run to run on a shared host: read several runs. The profiles of each
+optimisation round (what was measured, done, and tried and dropped) are in the engineering
+appendix, "Making the lattice fast: a profiling diary" (book/engineering.ipynb).
 """
 
 from __future__ import annotations

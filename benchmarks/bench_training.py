@@ -22,18 +22,8 @@ with oneDNN (``torch.backends.mkldnn``) switched off, to decide those settings b
 Goals (read from the output): LargeFOV's GFLOP/s at least 0.8x VGG-16 features + 1x1; a setting
 is worth adopting only when it is faster by more than the noise between rounds (about 5%).
 
-Measured on this project's 2-core machine (oneDNN on, the default): LargeFOV 174 GFLOP/s,
-0.94 of the matrix-multiply speed, 1.02x VGG-16 features + 1x1 and 1.04x DeepLabV3-ResNet50,
-whose step takes 1.37x LargeFOV's. oneDNN off: 0.56x. Channels-last: 1.13x at width 1.0 and
-1.57x at the fast mode's width 0.125, crop 97, batch 10 (``--width 0.125 --crop 97 --batch
-10``). A whole fast-mode LargeFOV run (two threads) in channels-last took 127 s instead of 168 s for
-LargeFOV and 150 s instead of 177 s for ASPP-256. Not adopted: the layout changes the trained
-weights by float round-off, and with them the book's fast-mode story. Trained that way, LargeFOV
-scored 75.8% on val instead of 76.5%, and its CRF search stopped on the edge of its grid at
-(22.5, 31.25, 10.5) instead of ending at (10, 50, 9), while the CRF's held-out gain stayed
-about the same (+8.7 against +8.2 points). About 35 s per network does not pay for new numbers
-and a new search story in the chapters that quote them; "Choosing the CRF parameters" reports
-this sensitivity to round-off instead.
+What was measured with it, and why channels-last was not adopted: the engineering appendix,
+"Making the lattice fast: a profiling diary" (book/engineering.ipynb).
 """
 
 from __future__ import annotations

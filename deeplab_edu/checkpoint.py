@@ -156,3 +156,15 @@ def read_metrics(run_folder: str | Path) -> list[dict]:
                 break
             raise ValueError(f"{path}, line {number}: not a JSON record ({error})") from error
     return records
+
+
+def write_results(summary: dict, path: str | Path) -> Path:
+    """Write a results JSON (evaluation, CRF search) atomically
+    (:func:`~deeplab_edu.fetch.atomic_write`).
+
+    Returns:
+        The path written.
+    """
+    with atomic_write(path, "w") as handle:
+        handle.write(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    return Path(path)

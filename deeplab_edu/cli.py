@@ -15,20 +15,22 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch.distributed as dist
-from torch import nn
-from torch.utils.data import Dataset
 
 from deeplab_edu import runtime
+from deeplab_edu.checkpoint import write_results
 from deeplab_edu.crf.kernels import NORMALIZATIONS, CRFParams
 from deeplab_edu.crf_search import SearchConfig, load_best, search
 from deeplab_edu.data import ensure_toy_voc, make_toy_voc, open_dataset
 from deeplab_edu.data.download import prepare_voc
 from deeplab_edu.data.toy import ToyConfig
-from deeplab_edu.evaluate import EvalConfig, evaluate, write_results
+from deeplab_edu.data.voc import PairedImages
+from deeplab_edu.evaluate import EvalConfig, evaluate
 from deeplab_edu.exercises import EXERCISES, check
 from deeplab_edu.models import VARIANTS, vgg16_imagenet_state_dict
+from deeplab_edu.models.deeplab import DeepLab
 from deeplab_edu.outputs import refuse_foreign, refuse_input
 from deeplab_edu.runs import load_trained
 from deeplab_edu.train import TrainConfig, train
@@ -126,7 +128,7 @@ def _crf_options(p: argparse.ArgumentParser, params: CRFParams) -> None:
     """One option per CRFParams field except the searched ones' grids (see _add_search)."""
     for name, value in params.to_dict().items():
         kind = type(value)
-        extra = {"choices": NORMALIZATIONS} if name == "normalization" else {}
+        extra: dict[str, Any] = {"choices": NORMALIZATIONS} if name == "normalization" else {}
         p.add_argument(
             "--" + name.replace("_", "-"),
             type=kind,
@@ -173,7 +175,9 @@ def _add_search(sub: Subparsers) -> None:
             help="coarse grid: " + _both(name, full, fast),
         )
     p.add_argument(
-        "--normalization", choices=NORMALIZATIONS, help=_both("normalization", full, fast)
+        "--normalization",
+        choices=NORMALIZATIONS,
+        help=f"the kernel normalisation of every trial (default: {full.base.normalization})",
     )
     p.add_argument("--max-recentres", type=int, help=_both("max_recentres", full, fast))
     p.add_argument(
@@ -234,7 +238,7 @@ def _train(args: argparse.Namespace) -> None:
     print(f"trained {config.variant}: {args.out / 'checkpoint.pt'}")
 
 
-def _load(args: argparse.Namespace) -> tuple[nn.Module, Dataset]:
+def _load(args: argparse.Namespace) -> tuple[DeepLab, PairedImages]:
     model, config = load_trained(args.checkpoint, variant=args.variant)
     return model, open_dataset(config.dataset, args.split)
 
@@ -260,9 +264,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     base = EvalConfig.for_mode(args.fast)
     crf, tuned_on = (CRFParams(), None) if args.crf_from is None else load_best(args.crf_from)
     changes = {k: v for k, v in vars(args).items() if k in crf.to_dict() and v is not None}
-    crf = None if args.no_crf else dataclasses.replace(crf, **changes)
+    chosen = None if args.no_crf else dataclasses.replace(crf, **changes)
     config = dataclasses.replace(
-        base, crf=crf, pad_to=_pad(args, base.pad_to), max_images=args.max_images
+        base, crf=chosen, pad_to=_pad(args, base.pad_to), max_images=args.max_images
     )
     model, dataset = _load(args)
     held_out = None
@@ -286,14 +290,16 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _search(args: argparse.Namespace) -> None:
     base = SearchConfig.for_mode(args.fast)
-    changes = {
+    changes: dict[str, Any] = {
         name: tuple(getattr(args, name))
         for name in ("w1", "theta_alpha", "theta_beta")
         if getattr(args, name) is not None
     }
-    for name in ("num_images", "seed", "normalization", "max_recentres"):
+    for name in ("num_images", "seed", "max_recentres"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
+    if args.normalization is not None:
+        changes["base"] = dataclasses.replace(base.base, normalization=args.normalization)
     config = dataclasses.replace(base, pad_to=_pad(args, base.pad_to), **changes)
     config.validate()
     refuse_input(args.out, {"--checkpoint": args.checkpoint}, "--out")
@@ -337,6 +343,8 @@ def _grade(args: argparse.Namespace) -> int:
     if path.suffix != ".py" or not path.is_file():
         raise UsageError(f"expected a Python file (.py) with the functions, got {path}")
     spec = importlib.util.spec_from_file_location("submission", path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{path} cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)

@@ -25,26 +25,27 @@ resumes where it stopped; the finished file also holds the best parameters, whic
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from deeplab_edu import runtime
-from deeplab_edu.checkpoint import contents_digest
+from deeplab_edu.checkpoint import contents_digest, write_results
 from deeplab_edu.crf import dense_crf
-from deeplab_edu.crf.kernels import NORMALIZATIONS, CRFParams
+from deeplab_edu.crf.kernels import CRFParams
 from deeplab_edu.data.sampling import Dataset
 from deeplab_edu.data.voc import dataset_classes
-from deeplab_edu.evaluate import network_outputs, write_results
+from deeplab_edu.inference import network_outputs
 from deeplab_edu.metrics import ConfusionMatrix
+from deeplab_edu.models.deeplab import DeepLab
 
 
 @dataclass
@@ -55,13 +56,13 @@ class SearchConfig(runtime.ModeConfig):
     images are about a quarter of a VOC image's side) and uses fewer images.
     """
 
+    # the grids of the three searched parameters
     w1: tuple[float, ...] = (5.0, 10.0)
     theta_alpha: tuple[float, ...] = (50.0, 60.0, 70.0, 80.0, 90.0, 100.0)
     theta_beta: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
-    w2: float = 3.0
-    theta_gamma: float = 3.0
-    iterations: int = 10
-    normalization: str = "after"  # the authors' dense-CRF code (see CRFParams)
+    # the CRF whose w2, theta_gamma, iterations and normalisation every trial keeps (the paper's
+    # w2 = theta_gamma = 3, 10 iterations; the authors' "after" normalisation): CRFParams'
+    base: CRFParams = field(default_factory=CRFParams)
     num_images: int = 100
     seed: int = 0  # which val images tune the CRF (drawn at random, seeded)
     max_recentres: int = 4
@@ -84,29 +85,18 @@ class SearchConfig(runtime.ModeConfig):
                 raise ValueError(f"{name} needs at least one positive value, got {values}")
             if not all(math.isfinite(v) for v in values):
                 raise ValueError(f"{name} values must be finite, got {values}")
-        if self.num_images < 1 or self.iterations < 1 or self.max_recentres < 0:
+        if not isinstance(self.base, CRFParams):
+            raise ValueError(f"base must be a CRFParams, got {type(self.base).__name__}")
+        if self.num_images < 1 or self.base.iterations < 1 or self.max_recentres < 0:
             raise ValueError(
-                "num_images and iterations must be >= 1 and max_recentres >= 0, got "
-                f"{self.num_images}, {self.iterations}, {self.max_recentres}"
-            )
-        if self.normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"
+                "num_images and base.iterations must be >= 1 and max_recentres >= 0, got "
+                f"{self.num_images}, {self.base.iterations}, {self.max_recentres}"
             )
         runtime.checked_int("seed", self.seed, 0, runtime.MAX_SEED)
-        self.params(self.w1[0], self.theta_alpha[0], self.theta_beta[0])  # w2, theta_gamma
 
     def params(self, w1: float, theta_alpha: float, theta_beta: float) -> CRFParams:
-        """The CRF of one trial: the searched values with this search's fixed ones."""
-        return CRFParams(
-            w1=w1,
-            theta_alpha=theta_alpha,
-            theta_beta=theta_beta,
-            w2=self.w2,
-            theta_gamma=self.theta_gamma,
-            iterations=self.iterations,
-            normalization=self.normalization,
-        )
+        """The CRF of one trial: the searched values in ``base``."""
+        return dataclasses.replace(self.base, w1=w1, theta_alpha=theta_alpha, theta_beta=theta_beta)
 
 
 @dataclass
@@ -162,8 +152,8 @@ def holdout(
     tune = tuning_indices(len(dataset), num_tune, seed)
     chosen = set(tune)
     test = [index for index in range(len(dataset)) if index not in chosen]
-    subset = torch.utils.data.Subset
-    return subset(dataset, tune), subset(dataset, test)
+    whole = cast(torch.utils.data.Dataset, dataset)  # any indexable data set, as Subset reads it
+    return torch.utils.data.Subset(whole, tune), torch.utils.data.Subset(whole, test)
 
 
 Point = tuple[float, float, float]  # (w1, theta_alpha, theta_beta)
@@ -182,7 +172,7 @@ def _fine_grid(centre: Point, steps: Point) -> list[Point]:
         [round(c + k * s, 6) for k in (0, -1, 1) if c + k * s > 0]
         for c, s in zip(centre, steps, strict=True)
     ]
-    return list(itertools.product(*axes))
+    return [(w1, alpha, beta) for w1, alpha, beta in itertools.product(*axes)]
 
 
 def _edges(best: Point, centre: Point, steps: Point) -> list[str]:
@@ -195,7 +185,7 @@ def _edges(best: Point, centre: Point, steps: Point) -> list[str]:
 
 
 def search(
-    model: nn.Module,
+    model: DeepLab,
     dataset: Dataset,
     config: SearchConfig | None = None,
     *,
@@ -226,7 +216,9 @@ def search(
     images = tuning_indices(len(dataset), min(config.num_images, len(dataset)), config.seed)
     device = next(model.parameters()).device
     network = contents_digest(model.state_dict())  # the trials belong to these weights
-    state = {"config": config.to_dict(), "images": images, "network": network, "trials": []}
+    trials: list[dict] = []
+    state: dict[str, Any] = {"config": config.to_dict(), "images": images, "network": network}
+    state["trials"] = trials
     if state_path is not None and Path(state_path).is_file():
         try:
             saved = json.loads(Path(state_path).read_text())
@@ -243,8 +235,8 @@ def search(
                 f"{state_path} holds the trials of another network's search (other weights); "
                 "its results would mix the two: use another --out, or delete it to search anew"
             )
-        state["trials"] = saved["trials"]
-    done = {(t["w1"], t["theta_alpha"], t["theta_beta"]): t for t in state["trials"]}
+        trials = state["trials"] = saved["trials"]
+    done = {(t["w1"], t["theta_alpha"], t["theta_beta"]): t for t in trials}
     # the network runs once per image; every trial reuses its probabilities (float16, CPU)
     outputs = network_outputs(model, dataset, images, pad_to=config.pad_to)
     cache = [(image, probs.half().cpu(), target) for image, probs, target in outputs]
@@ -262,7 +254,7 @@ def search(
             q = dense_crf(image, probs.to(device).float(), params)
             matrix.update(q.argmax(0).cpu(), target)
         trial = {**dict(zip(AXES, point, strict=True)), "stage": stage, "miou": matrix.miou()}
-        state["trials"].append(trial)
+        trials.append(trial)
         done[point] = trial
         if state_path is not None:
             write_results(state, state_path)
@@ -281,10 +273,14 @@ def search(
         return max(visited, key=lambda t: t["miou"])
 
     def as_point(trial: dict) -> Point:
-        return tuple(trial[name] for name in AXES)
+        return (trial["w1"], trial["theta_alpha"], trial["theta_beta"])  # AXES
 
     best = run(list(itertools.product(config.w1, config.theta_alpha, config.theta_beta)), "coarse")
-    steps = tuple(_step(getattr(config, name)) / 2 for name in AXES)
+    steps: Point = (
+        _step(config.w1) / 2,
+        _step(config.theta_alpha) / 2,
+        _step(config.theta_beta) / 2,
+    )
     notes = []
     for move in range(config.max_recentres + 1):
         centre = as_point(best)
@@ -301,12 +297,11 @@ def search(
             notes.append(f"fine grid {move + 1}: {', '.join(edges)}; recentred there")
     bar.close()
     params = config.params(*as_point(best))
-    state.update(
-        best=params.to_dict(), best_miou=best["miou"], dcnn_miou=baseline.miou(), notes=notes
-    )
+    state |= {"best": params.to_dict(), "best_miou": best["miou"], "dcnn_miou": baseline.miou()}
+    state["notes"] = notes
     if state_path is not None:
         write_results(state, state_path)
-    return SearchResult(list(state["trials"]), params, best["miou"], baseline.miou(), images, notes)
+    return SearchResult(list(trials), params, best["miou"], baseline.miou(), images, notes)
 
 
 def load_best(path: str | Path) -> tuple[CRFParams, list[int]]:

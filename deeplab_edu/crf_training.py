@@ -32,7 +32,8 @@ from deeplab_edu.crf.rnn import MeanFieldCRF
 from deeplab_edu.data.sampling import Dataset, derived_seed
 from deeplab_edu.data.transforms import EvalTransform, to_hwc
 from deeplab_edu.data.voc import IGNORE_INDEX
-from deeplab_edu.evaluate import network_outputs
+from deeplab_edu.inference import network_outputs
+from deeplab_edu.models.deeplab import DeepLab
 
 Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (H, W, 3) uint8, (C, H, W), (H, W)
 
@@ -90,9 +91,7 @@ def crf_loss(
     return F.cross_entropy(crf.scores(image, logits), target, ignore_index=IGNORE_INDEX)
 
 
-def network_samples(
-    model: nn.Module, dataset: Dataset, *, pad_to: int | None = None
-) -> list[Sample]:
+def network_samples(model: DeepLab, dataset: Dataset, *, pad_to: int | None = None) -> list[Sample]:
     """Run the (fixed) network once per image: ``(image (H, W, 3) uint8, log-probabilities
     (C, H, W), target (H, W))``, all on the network's device, for :func:`fit_crf`."""
     device = next(model.parameters()).device
@@ -129,13 +128,14 @@ def fit_crf(
         generator = torch.Generator().manual_seed(derived_seed(config.seed, step))
         chosen = torch.randperm(len(samples), generator=generator)[:batch].tolist()
         optimizer.zero_grad()
-        loss = (
-            sum(
-                crf_loss(crf, samples[i][0][None], samples[i][1][None], samples[i][2][None])
-                for i in chosen
-            )
-            / batch
-        )
+        terms = [
+            crf_loss(crf, samples[i][0][None], samples[i][1][None], samples[i][2][None])
+            for i in chosen
+        ]
+        loss = terms[0]
+        for term in terms[1:]:  # summed in order, as sum() would
+            loss = loss + term
+        loss = loss / batch
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
@@ -143,7 +143,7 @@ def fit_crf(
 
 
 def fine_tune_jointly(
-    model: nn.Module,
+    model: DeepLab,
     crf: MeanFieldCRF,
     dataset: Dataset,
     config: LearnConfig | None = None,

@@ -15,26 +15,24 @@ the CPU otherwise (PyTorch already spreads each filtering step over the CPU's co
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import sys
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from deeplab_edu import __version__, runtime
 from deeplab_edu.crf import CRFParams, MeanFieldCRF, dense_crf
 from deeplab_edu.data.sampling import Dataset
-from deeplab_edu.data.transforms import EvalTransform, to_hwc
+from deeplab_edu.data.transforms import to_hwc
 from deeplab_edu.data.voc import dataset_classes
-from deeplab_edu.fetch import atomic_write
+from deeplab_edu.inference import predict_probs
 from deeplab_edu.metrics import ConfusionMatrix, TrimapCounts
+from deeplab_edu.models.deeplab import DeepLab
 
 
 @dataclass
@@ -74,50 +72,8 @@ class Evaluation:
     crf: dict[int, torch.Tensor]
 
 
-def predict_probs(
-    model: nn.Module, image: torch.Tensor, *, pad_to: int | None, device: torch.device
-) -> torch.Tensor:
-    """Class probabilities for one image at its full resolution.
-
-    Args:
-        model: a DeepLab network with ``predict`` (bilinear upsampling of stride-8 scores).
-        image: ``(3, H, W)`` uint8 RGB.
-        pad_to: pad to this square size before the network (paper: 513), or ``None``.
-        device: where to run.
-
-    Returns:
-        ``(C, H, W)`` float probabilities (softmax over classes) on ``device``.
-    """
-    height, width = image.shape[-2:]
-    dummy = torch.zeros(image.shape[-2:], dtype=torch.int64)
-    x, _ = EvalTransform(pad_to)(image, dummy)  # (3, H', W') normalised, padded bottom/right
-    with torch.no_grad():
-        scores = model.predict(x[None].to(device))  # (1, C, H', W')
-    return torch.softmax(scores[0, :, :height, :width], dim=0)  # (C, H, W)
-
-
-def network_outputs(
-    model: nn.Module,
-    dataset: Dataset,
-    indices: Iterable[int] | None = None,
-    *,
-    pad_to: int | None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Run the fixed network once on each image of ``dataset`` (or those at ``indices``), for
-    the CRF's search and training, which then reuse the outputs.
-
-    Yields:
-        ``(image (H, W, 3) uint8, probs (C, H, W) on the network's device, target (H, W))``.
-    """
-    device = next(model.parameters()).device
-    model.eval()
-    for index in range(len(dataset)) if indices is None else indices:
-        image, target = dataset[index]
-        yield to_hwc(image), predict_probs(model, image, pad_to=pad_to, device=device), target
-
-
 def evaluate(
-    model: nn.Module,
+    model: DeepLab,
     dataset: Dataset,
     config: EvalConfig | None = None,
     *,
@@ -251,14 +207,3 @@ def environment() -> dict:
         else platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
     }
-
-
-def write_results(summary: dict, path: str | Path) -> Path:
-    """Write a results JSON atomically (:func:`~deeplab_edu.fetch.atomic_write`).
-
-    Returns:
-        The path written.
-    """
-    with atomic_write(path, "w") as handle:
-        handle.write(json.dumps(summary, indent=2, allow_nan=True) + "\n")
-    return Path(path)

@@ -260,10 +260,10 @@ def _miou_cases() -> Iterator[tuple[str, Callable[[Callable], None]]]:
             _miou_run(torch.tensor(truth), torch.tensor(pred), classes),
         )
     for classes in (2, 21):
-        truth = torch.randint(0, classes, (500,), generator=g)
-        truth[torch.rand(500, generator=g) < 0.1] = IGNORE_INDEX
-        pred = torch.randint(0, classes, (500,), generator=g)
-        yield f"500 random pixels, {classes} classes", _miou_run(truth, pred, classes)
+        labels = torch.randint(0, classes, (500,), generator=g)
+        labels[torch.rand(500, generator=g) < 0.1] = IGNORE_INDEX
+        guess = torch.randint(0, classes, (500,), generator=g)
+        yield f"500 random pixels, {classes} classes", _miou_run(labels, guess, classes)
 
 
 def _miou_run(truth: torch.Tensor, pred: torch.Tensor, classes: int) -> Callable[[Callable], None]:

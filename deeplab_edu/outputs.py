@@ -27,7 +27,7 @@ from pathlib import Path
 try:  # file locks are POSIX-only; without them (Windows) a run folder is not locked
     import fcntl
 except ImportError:
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 RUN_LOCK = ".train.lock"
 
@@ -47,7 +47,7 @@ def sweep_temporaries(path: str | Path) -> list[Path]:
     Process IDs can only be checked on POSIX; elsewhere nothing is removed.
     """
     path = Path(path)
-    removed = []
+    removed: list[Path] = []
     if os.name != "posix" or not path.parent.is_dir():
         return removed
     for stale in path.parent.glob(f".{path.name}.tmp-*"):

@@ -26,9 +26,9 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import nn
 
 from deeplab_edu import runtime
 from deeplab_edu.checkpoint import METRICS_LOG, load_checkpoint, oldest_format, save_checkpoint
@@ -36,13 +36,14 @@ from deeplab_edu.data import CLASSES, open_dataset, voc_dir
 from deeplab_edu.evaluate import EvalConfig, evaluate
 from deeplab_edu.fetch import atomic_write, file_digest
 from deeplab_edu.models import deeplab
+from deeplab_edu.models.deeplab import DeepLab
 from deeplab_edu.outputs import locked
 from deeplab_edu.train import TrainConfig, train
 
 
 def load_trained(
     path: str | Path, *, variant: str | None = None, device: torch.device | None = None
-) -> tuple[nn.Module, TrainConfig]:
+) -> tuple[DeepLab, TrainConfig]:
     """Build the network a checkpoint was trained as, and load its weights (no download).
 
     Args:
@@ -127,7 +128,7 @@ def is_complete(config: TrainConfig) -> bool:
     return int(load_checkpoint(path)["iteration"]) >= config.iterations
 
 
-def cached_run(config: TrainConfig, *, progress: bool = True) -> tuple[nn.Module, Path]:
+def cached_run(config: TrainConfig, *, progress: bool = True) -> tuple[DeepLab, Path]:
     """The trained network of ``config``: loaded if its run is complete; in fast mode copied
     from the package when it ships this very run (:func:`install_shipped`), else trained (or
     resumed) now, concurrent callers waiting for each other (a lock file).
@@ -214,6 +215,8 @@ def install_shipped(config: TrainConfig, folder: Path) -> bool:
     if config.mode != "fast" or shipped_mismatch(config) is not None:
         return False
     info = shipped_info(config.variant)
+    if info is None:  # (shipped_mismatch said so already)
+        return False
     for name, digest in (
         (info["checkpoint"], info["sha256"]),
         (info["metrics"], info["metrics_sha256"]),
@@ -231,7 +234,7 @@ def install_shipped(config: TrainConfig, folder: Path) -> bool:
     return True
 
 
-def val_miou(model: nn.Module, config: TrainConfig) -> float:
+def val_miou(model: DeepLab, config: TrainConfig) -> float:
     """Mean IoU of ``model`` on the val split of ``config.dataset``, without the CRF."""
     val_set = open_dataset(config.dataset, "val")
     summary = evaluate(model, val_set, EvalConfig.for_mode(crf=None), progress=False).summary
@@ -240,7 +243,7 @@ def val_miou(model: nn.Module, config: TrainConfig) -> float:
 
 def train_fresh(
     config: TrainConfig, folder: Path, *, progress: bool = False
-) -> tuple[nn.Module, float]:
+) -> tuple[DeepLab, float]:
     """Train ``config`` from scratch into the empty ``folder``; return the network (on the CPU)
     and its val mean IoU without the CRF (:func:`val_miou`)."""
     model = train(config, folder, progress=progress).cpu()
@@ -270,7 +273,7 @@ def refresh(variants: tuple[str, ...] = SHARED_VARIANTS) -> None:
                 },  # no optimiser state: nothing resumes it
                 folder / "shipped.pt",
             )
-            info = {
+            info: dict[str, Any] = {
                 "variant": variant,
                 "run_key": run_key(config),
                 "config": config.to_dict(),

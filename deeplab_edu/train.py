@@ -146,7 +146,7 @@ def learning_rate(config: TrainConfig, iteration: int) -> float:
     return config.lr * config.lr_gamma ** (iteration // config.lr_step)
 
 
-def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+def param_groups(model: DeepLab, config: TrainConfig) -> list[dict]:
     """Split the trainable parameters into the four groups of the Caffe solver.
 
     Args:
@@ -179,7 +179,7 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     ]
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+def make_optimizer(model: DeepLab, config: TrainConfig) -> torch.optim.SGD:
     """SGD with momentum over :func:`param_groups`, learning rates set for iteration 0."""
     optimizer = torch.optim.SGD(param_groups(model, config), lr=config.lr, momentum=config.momentum)
     set_learning_rate(optimizer, config, 0)
@@ -248,7 +248,7 @@ def train(
     vgg_state_dict: dict | None = None,
     on_step: Callable[[int, float], None] | None = None,
     progress: bool = True,
-) -> nn.Module:
+) -> DeepLab:
     """Train ``config`` and write ``checkpoint.pt``, ``metrics.jsonl`` and ``config.json``.
 
     Args:
@@ -281,7 +281,7 @@ def train(
         sweep_temporaries(path)  # a checkpoint half-written by a killed run
         runtime.seed_everything(config.seed)
         if dataset is None:  # the training split of config.dataset, untransformed
-            dataset = open_dataset(config.dataset, config.split)
+            dataset = open_dataset(config.dataset, str(config.split))
         classes = list(dataset_classes(dataset))
         model = build_model(config, vgg_state_dict=vgg_state_dict, num_classes=len(classes))
         model = model.to(device)
@@ -298,14 +298,14 @@ def train(
         batches = Batches(
             len(dataset), config.batch_size, config.seed, start, config.iterations, rank, world
         )
-        transform = TrainTransform(crop=config.crop, flip=config.flip, scale=config.scale)
+        transform = TrainTransform(crop=int(config.crop or 0), flip=config.flip, scale=config.scale)
         loader = torch.utils.data.DataLoader(
             Samples(dataset, transform, config.seed),
             batch_sampler=batches,
             num_workers=config.num_workers,
             pin_memory=device.type == "cuda",
         )
-        network = model
+        network: nn.Module = model
         if world > 1:
             ids = [device.index] if device.type == "cuda" else None
             network = nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -332,7 +332,7 @@ def train(
                 value, done = _mean_over_ranks(loss.detach(), world), iteration + 1
                 _check_finite(model, value, done, config)
                 lr = learning_rate(config, iteration)
-                if rank == 0:
+                if log is not None:  # rank 0
                     record = {
                         "iteration": done,
                         "loss": round(value, 6),
@@ -343,7 +343,7 @@ def train(
                     bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.1e}")
                     bar.update(1)
                 if done % config.checkpoint_every == 0 or done == config.iterations:
-                    if rank == 0:
+                    if log is not None:  # rank 0
                         log.flush()
                         save_checkpoint(
                             {
@@ -379,7 +379,7 @@ def _distributed_setup() -> tuple[int, int, torch.device]:
 
 def _resume(
     path: Path,
-    model: nn.Module,
+    model: DeepLab,
     optimizer: torch.optim.Optimizer,
     config: TrainConfig,
     device: torch.device,
@@ -432,7 +432,7 @@ def _refuse_foreign_files(out_dir: Path, config: TrainConfig) -> None:
         refuse_foreign(out_dir / name, owned=own, writer=writer, force=None)
 
 
-def _check_finite(model: nn.Module, loss: float, iteration: int, config: TrainConfig) -> None:
+def _check_finite(model: DeepLab, loss: float, iteration: int, config: TrainConfig) -> None:
     """Stop before a diverged network can be saved: the loss, and every weight after the step.
 
     Raises:

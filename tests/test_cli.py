@@ -207,7 +207,7 @@ def test_crf_search_runs_and_resumes(run, tmp_path, capsys):
     assert main([*args[:-1], "2"]) == 2
     assert "another configuration" in capsys.readouterr().err
     assert main([*args[:-1], "0"]) == 2
-    assert "num_images and iterations must be >= 1" in capsys.readouterr().err
+    assert "num_images and base.iterations must be >= 1" in capsys.readouterr().err
 
 
 def test_msc_trains_as_a_second_stage_from_a_checkpoint(run, toy_dir, tmp_path, capsys):

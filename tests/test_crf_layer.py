@@ -28,7 +28,9 @@ def test_forward_at_potts_initialisation_is_dense_crf(normalization):
     image, logits, _ = scene(20, 23)
     for method in ("naive", "permutohedral"):
         layer = MeanFieldCRF(
-            3, theta_alpha=10.0, theta_beta=13.0, normalization=normalization, method=method
+            3,
+            CRFParams(theta_alpha=10.0, theta_beta=13.0, normalization=normalization),
+            method=method,
         )
         probs = torch.softmax(logits[0], dim=0)
         expected = dense_crf(image[0], probs, layer.params, method=method)
@@ -37,7 +39,7 @@ def test_forward_at_potts_initialisation_is_dense_crf(normalization):
         assert torch.allclose(got, expected, atol=1e-5), method
 
 
-def test_from_params_starts_at_the_crf_of_those_parameters():
+def test_the_layer_starts_at_the_crf_of_its_parameters():
     params = CRFParams(
         w1=7.0,
         theta_alpha=9.0,
@@ -47,7 +49,7 @@ def test_from_params_starts_at_the_crf_of_those_parameters():
         iterations=3,
         normalization="symmetric",
     )
-    layer = MeanFieldCRF.from_params(3, params)
+    layer = MeanFieldCRF(3, params)
     assert layer.params == params and layer.method == "permutohedral"
     torch.testing.assert_close(layer.weights, torch.tensor([7.0, 2.0]))
     image, logits, _ = scene(20, 23)
@@ -58,7 +60,9 @@ def test_from_params_starts_at_the_crf_of_those_parameters():
 
 def test_gradients_match_finite_differences_in_float64():
     image, logits, mask = scene(6, 7)
-    layer = MeanFieldCRF(3, theta_alpha=4.0, theta_beta=20.0, iterations=3, method="naive")
+    layer = MeanFieldCRF(
+        3, CRFParams(theta_alpha=4.0, theta_beta=20.0, iterations=3), method="naive"
+    )
     layer = layer.double()
     target = torch.nn.functional.one_hot(mask[0], 3).permute(2, 0, 1).double()
 
@@ -79,7 +83,9 @@ def test_lattice_gradients_match_the_exact_filters():
     image, logits, mask = scene(18, 21)
     grads = {}
     for method in ("naive", "permutohedral"):
-        layer = MeanFieldCRF(3, theta_alpha=6.0, theta_beta=20.0, iterations=5, method=method)
+        layer = MeanFieldCRF(
+            3, CRFParams(theta_alpha=6.0, theta_beta=20.0, iterations=5), method=method
+        )
         z = logits.clone().requires_grad_()
         loss = torch.nn.functional.nll_loss(torch.log(layer(image, z)), mask)
         loss.backward()
@@ -94,7 +100,7 @@ def test_lattice_gradients_match_the_exact_filters():
 
 def test_one_optimiser_step_lowers_the_loss():
     image, logits, mask = scene(16, 19)
-    layer = MeanFieldCRF(3, theta_alpha=6.0, theta_beta=20.0, iterations=5)
+    layer = MeanFieldCRF(3, CRFParams(theta_alpha=6.0, theta_beta=20.0, iterations=5))
     optimizer = torch.optim.SGD(layer.parameters(), lr=0.05)
 
     def loss():
@@ -111,7 +117,7 @@ def test_one_optimiser_step_lowers_the_loss():
 
 def test_scores_are_q_before_its_softmax_and_keep_the_gradient_where_q_underflows():
     image, logits, mask = scene(16, 19)
-    layer = MeanFieldCRF(3, w1=200.0, theta_alpha=6.0, theta_beta=20.0, iterations=5)
+    layer = MeanFieldCRF(3, CRFParams(w1=200.0, theta_alpha=6.0, theta_beta=20.0, iterations=5))
     scores = layer.scores(image, logits)
     torch.testing.assert_close(torch.softmax(scores, dim=1), layer(image, logits))
     wrong = (mask + 1) % 3  # every pixel's label is wrong: Q of it underflows somewhere
@@ -127,16 +133,18 @@ def test_gradients_reach_the_network_scores_on_simulated_unaries():
     image, _, mask = scene(16, 19)
     probs = simulate_unaries(mask[0].numpy(), num_classes=3, stride=4, seed=2)
     z = torch.log(probs)[None].requires_grad_()
-    MeanFieldCRF(3, theta_alpha=6.0, theta_beta=20.0)(image, z).sum().backward()
+    MeanFieldCRF(3, CRFParams(theta_alpha=6.0, theta_beta=20.0))(image, z).sum().backward()
     assert z.grad is not None and torch.isfinite(z.grad).all()
 
 
 def test_bad_inputs_say_what_was_expected():
     image, logits, _ = scene()
     with pytest.raises(ValueError, match="above 0"):
-        MeanFieldCRF(3, w1=0.0)
+        MeanFieldCRF(3, CRFParams(w1=0.0))
     with pytest.raises(ValueError, match="method"):
         MeanFieldCRF(3, method="pydensecrf")
+    with pytest.raises(TypeError, match="params must be a CRFParams, got dict"):
+        MeanFieldCRF(3, {"w1": 4.0})
     layer = MeanFieldCRF(3)
     with pytest.raises(ValueError, match="4 classes, the layer was built for 3"):
         layer(image, torch.zeros(1, 4, 14, 17))
@@ -144,3 +152,29 @@ def test_bad_inputs_say_what_was_expected():
         layer(image.float(), logits)
     with pytest.raises(ValueError, match="float"):
         layer(image, logits[0])
+
+
+def test_the_layer_runs_mean_fields_own_loop_with_its_compatibility(monkeypatch):
+    """No second copy of the loop: the layer calls meanfield.iterate (T - 1 updates) and
+    meanfield.update (the last one, before its softmax) with its compatibility matrix."""
+    from deeplab_edu.crf import meanfield, rnn
+
+    calls = []
+
+    def counted(unary, message_fn, iterations, track=False, compatibility=None):
+        calls.append((iterations, compatibility))
+        return meanfield.iterate(unary, message_fn, iterations, track, compatibility)
+
+    monkeypatch.setattr(rnn, "iterate", counted)
+    layer = MeanFieldCRF(3, CRFParams(iterations=4))
+    image, logits, _ = scene()
+    layer(image, logits)
+    assert [(n, c.shape) for n, c in calls] == [(3, (3, 3))]
+    # Potts as a matrix gives the Potts update up to a per-pixel constant
+    unary, message = torch.rand(5, 3), torch.rand(5, 3)
+    potts = meanfield.update(unary, message.clone(), 1.0 - torch.eye(3))
+    torch.testing.assert_close(
+        torch.softmax(potts, 1), torch.softmax(meanfield.update(unary, message, None), 1)
+    )
+    with pytest.raises(ValueError, match="Potts compatibility only"):
+        meanfield.iterate(unary, lambda q: q, 2, track=True, compatibility=torch.eye(3))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import deeplab_edu.crf_search
+from deeplab_edu.crf import CRFParams
 from deeplab_edu.crf_search import SearchConfig, holdout, load_best, search, tuning_indices
 from tests.test_evaluate import Oracle
 
@@ -130,8 +131,9 @@ def test_defaults_are_the_papers_ranges():
     config = SearchConfig()
     assert config.w1 == (5, 10) and config.theta_alpha == tuple(range(50, 101, 10))
     assert config.theta_beta == tuple(range(3, 11)) and config.num_images == 100
-    assert (config.w2, config.theta_gamma, config.iterations) == (3, 3, 10)
-    assert config.normalization == "after"  # the authors' dense-CRF code
+    assert (config.base.w2, config.base.theta_gamma, config.base.iterations) == (3, 3, 10)
+    assert config.base.normalization == "after"  # the authors' dense-CRF code
+    assert config.params(5.0, 50.0, 3.0) == CRFParams(w1=5.0, theta_alpha=50.0, theta_beta=3.0)
     fast = SearchConfig.fast()
     assert fast.theta_alpha[0] == config.theta_alpha[0] / 4
     assert fast.theta_alpha[-1] == config.theta_alpha[-1] / 4

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from deeplab_edu.crf import MeanFieldCRF
+from deeplab_edu.crf import CRFParams, MeanFieldCRF
 from deeplab_edu.crf_training import LearnConfig, crf_loss, fine_tune_jointly, fit_crf
 from deeplab_edu.evaluate import EvalConfig, evaluate
 from deeplab_edu.models import deeplab
@@ -27,7 +27,7 @@ def samples(count: int = 3):
 
 
 def layer():
-    return MeanFieldCRF(3, w1=5.0, theta_alpha=6.0, theta_beta=20.0, iterations=4)
+    return MeanFieldCRF(3, CRFParams(w1=5.0, theta_alpha=6.0, theta_beta=20.0, iterations=4))
 
 
 def images(count: int = 2):
@@ -64,7 +64,7 @@ def test_joint_fine_tuning_moves_network_and_crf_within_the_clipped_step():
     torch.manual_seed(0)
     model = deeplab("DeepLab-LargeFOV", width=1 / 16, num_classes=21)
     before = [p.detach().clone() for p in model.parameters()]
-    crf = MeanFieldCRF(21, theta_alpha=6.0, theta_beta=20.0, iterations=3)
+    crf = MeanFieldCRF(21, CRFParams(theta_alpha=6.0, theta_beta=20.0, iterations=3))
     clip, rate = 1e-3, 0.1
     config = LearnConfig.fast(**SMALL, max_grad_norm=clip)
     losses = fine_tune_jointly(model, crf, images(), config, network_lr=rate, progress=False)
@@ -99,7 +99,7 @@ def test_evaluate_with_a_potts_layer_equals_evaluate_with_its_parameters():
     model = deeplab("DeepLab-LargeFOV", width=1 / 16).eval()
     with torch.no_grad():  # decisive scores: no near-ties for float rounding to flip
         model.fc8.weight.mul_(3000.0)
-    crf = MeanFieldCRF(21, w1=5.0, theta_alpha=6.0, theta_beta=20.0, iterations=4)
+    crf = MeanFieldCRF(21, CRFParams(w1=5.0, theta_alpha=6.0, theta_beta=20.0, iterations=4))
     config = EvalConfig.fast(crf=crf.params)
     plain = evaluate(model, images(), config, progress=False).summary
     with_layer = evaluate(model, images(), config, crf_layer=crf, progress=False).summary

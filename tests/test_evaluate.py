@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from deeplab_edu.checkpoint import write_results
 from deeplab_edu.crf.kernels import CRFParams
-from deeplab_edu.evaluate import EvalConfig, evaluate, predict_probs, write_results
+from deeplab_edu.evaluate import EvalConfig, evaluate
+from deeplab_edu.inference import predict_probs
 
 TARGET = torch.tensor([[0, 0, 0, 0], [0, 255, 255, 0], [1, 1, 1, 1], [1, 1, 2, 2]])
 PRED = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 0], [1, 1, 1, 1], [0, 1, 2, 2]])

@@ -11,8 +11,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "deeplab_edu"
 
-# runtime/outputs -> fetch/checkpoint -> data/models -> crf/metrics -> train/evaluate/search/
-# runs/viz -> cli; a module may import from its own layer or any layer below it
+# runtime/outputs -> fetch/checkpoint -> data/models -> crf/metrics/inference -> train/evaluate/
+# search/runs/viz -> cli; a module may import from its own layer or any layer below it
 LAYERS = {
     "deeplab_edu": 0,
     "deeplab_edu.runtime": 0,
@@ -23,6 +23,7 @@ LAYERS = {
     "deeplab_edu.models": 2,
     "deeplab_edu.crf": 3,
     "deeplab_edu.metrics": 3,
+    "deeplab_edu.inference": 3,
     "deeplab_edu.train": 4,
     "deeplab_edu.runs": 4,
     "deeplab_edu.evaluate": 4,

@@ -205,3 +205,13 @@ def test_show_source_leaves_out_docstrings_and_argument_checks() -> None:
     assert set(core.splitlines()) - set(full.splitlines()) == {
         "    # (argument checks left out: show_source(..., core=False))"
     }
+
+
+def test_pre_commit_runs_the_lint_target_and_lint_type_checks_the_package() -> None:
+    hooks = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())["repos"][0]["hooks"]
+    assert [hook["entry"] for hook in hooks] == ["make lint"]
+    makefile = (REPO / "Makefile").read_text()
+    lint = makefile.split("\nlint:", 1)[1].split("\n\n", 1)[0]
+    assert "ruff check" in lint and "ruff format --check" in lint and "mypy" in lint
+    settings = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert settings["files"] == ["deeplab_edu"]

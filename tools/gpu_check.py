@@ -266,7 +266,7 @@ def part_crf_layer(device: torch.device, dry: bool) -> dict:
     logits = probs.log()[None]
     results = {}
     for key, where in (("cpu", torch.device("cpu")), ("device", device)):
-        layer = MeanFieldCRF(21, iterations=5).to(where)
+        layer = MeanFieldCRF(21, CRFParams(iterations=5)).to(where)
         x = logits.to(where).clone().requires_grad_(True)
         seconds, q = timed(lambda la=layer, xx=x, w=where: la(picture[None].to(w), xx), where)
         loss = (q * torch.linspace(0, 1, 21, device=where)[:, None, None]).sum()

@@ -118,15 +118,18 @@ class _Messages:
     vector or matrix term as its own filtering followed by $-S$."""
 
     def __init__(self, terms: list[_Term]) -> None:
-        potts = [t for t in terms if t.potts is not None]
+        potts = [(t, t.potts) for t in terms if t.potts is not None]
         self.potts = None
         if potts:  # $+\\sum_k w_k \\tilde K_k Q$
-            outer = [t.potts * t.outer for t in potts]
-            self.potts = LatticeSum([t.lattice for t in potts], [t.inner for t in potts], outer)
+            self.potts = LatticeSum(
+                [t.lattice for t, _ in potts],
+                [t.inner for t, _ in potts],
+                [w * t.outer for t, w in potts],
+            )
         self.others = [
             (LatticeSum([t.lattice], [t.inner], [t.outer]), t.matrix)
             for t in terms
-            if t.potts is None
+            if t.matrix is not None
         ]
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
@@ -314,8 +317,8 @@ class DenseCRF2D(DenseCRF):
 
 def _pair(value: float | Sequence[float], n: int, name: str) -> tuple[float, ...]:
     """A bandwidth for each of ``n`` coordinates: a number repeated, or ``n`` numbers."""
-    values = (value,) * n if isinstance(value, numbers.Real) else tuple(value)
-    if len(values) != n or not all(isinstance(v, numbers.Real) and v > 0 for v in values):
+    values = (value,) * n if isinstance(value, numbers.Real) else tuple(value)  # type: ignore[arg-type]
+    if len(values) != n or not all(isinstance(v, numbers.Real) and float(v) > 0 for v in values):
         raise ValueError(f"{name} must be a positive number or {n} positive numbers, got {value!r}")
     return tuple(float(v) for v in values)
 

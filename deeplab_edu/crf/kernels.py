@@ -50,11 +50,11 @@ class CRFParams:
     def __post_init__(self) -> None:
         for name in ("theta_alpha", "theta_beta", "theta_gamma"):
             value = getattr(self, name)
-            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+            if not (isinstance(value, numbers.Real) and math.isfinite(value) and float(value) > 0):
                 raise ValueError(f"{name} must be a positive, finite bandwidth, got {value!r}")
         for name in ("w1", "w2"):
             value = getattr(self, name)
-            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
+            if not (isinstance(value, numbers.Real) and math.isfinite(value) and float(value) >= 0):
                 raise ValueError(
                     f"{name} must be a non-negative, finite kernel weight, got {value!r}"
                 )

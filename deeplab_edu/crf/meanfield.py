@@ -105,8 +105,9 @@ class PairwiseMessage:
             self_weight += w * a * b
         self.self_weight = self_weight[:, None] if exclude_self else None
         self.fused = None
-        if all(isinstance(f, PermutohedralLattice) for f in self.filters):
-            self.fused = LatticeSum(self.filters, self.inner, self.outer)
+        lattices = [f for f in self.filters if isinstance(f, PermutohedralLattice)]
+        if len(lattices) == len(self.filters):
+            self.fused = LatticeSum(lattices, self.inner, self.outer)
         self._out: torch.Tensor | None = None  # the reused message
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
@@ -120,15 +121,39 @@ class PairwiseMessage:
             # $m = \sum_m w_m\, b_m \odot K_m (a_m \odot Q)$ as one sparse splat/blur/slice
             message = self.fused(q, out=out)
         else:
-            message = None
-            for filter_fn, a, b in zip(self.filters, self.inner, self.outer, strict=True):
-                # $w_m\, b_m \odot K_m (a_m \odot Q)$
-                term = b[:, None] * filter_fn(a[:, None] * q)
-                message = term if message is None else message.add_(term)
+            # $\sum_m w_m\, b_m \odot K_m (a_m \odot Q)$
+            terms = zip(self.filters, self.inner, self.outer, strict=True)
+            pieces = [b[:, None] * filter_fn(a[:, None] * q) for filter_fn, a, b in terms]
+            message = pieces[0]
+            for piece in pieces[1:]:
+                message.add_(piece)
         if self.self_weight is not None:
             # remove the $j = i$ terms: $\sum_m w_m \tilde k^{(m)}_{ii} Q_i$
             message = message - self.self_weight * q
         return message
+
+
+def update(
+    unary: torch.Tensor, message: torch.Tensor, compatibility: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One mean-field update's scores, whose softmax over labels is the new Q.
+
+    $s_i(l) = -\\theta_i(l) - \\sum_{l'} \\mu(l, l')\\, m_i(l')$. With Potts compatibility
+    (``compatibility=None``, $\\mu(l, l') = [l \\ne l']$) this is $-\\theta_i(l) + m_i(l)$ up to
+    a per-pixel constant that the softmax removes, computed in the message's memory (the message
+    is overwritten).
+
+    Args:
+        unary: ``(N, C)`` unary potentials $\\theta_i(l)$.
+        message: ``(N, C)`` message $m = \\sum_k w_k \\tilde K_k Q$.
+        compatibility: ``(C, C)`` label compatibility $\\mu$, or None for Potts.
+
+    Returns:
+        ``(N, C)`` scores.
+    """
+    if compatibility is None:
+        return message.sub_(unary)  # $-\theta_i(l) + m_i(l)$
+    return -unary - message @ compatibility.T  # $-\theta_i(l) - \sum_{l'} \mu(l, l') m_i(l')$
 
 
 def iterate(
@@ -136,6 +161,7 @@ def iterate(
     message_fn: Callable[[torch.Tensor], torch.Tensor],
     iterations: int,
     track: bool = False,
+    compatibility: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """The mean-field loop on flattened tensors; no data leaves the device inside it.
 
@@ -144,11 +170,18 @@ def iterate(
         message_fn: $Q \\mapsto \\sum_m w_m \\tilde K_m Q$ (``(N, C) -> (N, C)``).
         iterations: number of updates.
         track: keep each Q and its free energy (0-d tensors, without the constant
-            $\\frac12 \\sum_{ij} \\sum_m w_m \\tilde k^{(m)}_{ij}$).
+            $\\frac12 \\sum_{ij} \\sum_m w_m \\tilde k^{(m)}_{ij}$); Potts compatibility only.
+        compatibility: ``(C, C)`` label compatibility $\\mu$ (see :func:`update`); None for
+            Potts, the paper's.
 
     Returns:
         ``(Q, history, energies)`` with ``Q`` of shape ``(N, C)``.
+
+    Raises:
+        ValueError: for ``track`` with a compatibility matrix (the free energy here is Potts').
     """
+    if track and compatibility is not None:
+        raise ValueError("track=True computes the free energy of Potts compatibility only")
     # initialisation: $Q_i(l) \propto \exp(-\theta_i(l))$
     q = torch.softmax(-unary, dim=1)  # (N, C)
     # the new Q overwrites the old one (already used by the message) unless it must be kept:
@@ -165,13 +198,12 @@ def iterate(
             energies.append((q * unary).sum() + entropy_term - 0.5 * (q * message).sum())
         if step == iterations:
             break
-        # compatibility (Potts), unaries, normalisation:
-        # $Q_i(l) \propto \exp(-\theta_i(l) + m_i(l))$
-        logits = message.sub_(unary)
-        if reuse:  # the softmax written into Q's memory (the out= form of torch.softmax)
-            torch.ops.aten._softmax.out(logits, 1, False, out=q)
+        # compatibility, unaries, normalisation: $Q_i(l) \propto \exp(s_i(l))$
+        scores = update(unary, message, compatibility)
+        if reuse and not scores.requires_grad:  # the softmax into Q's memory (softmax's out=)
+            torch.ops.aten._softmax.out(scores, 1, False, out=q)
         else:
-            q = torch.softmax(logits, dim=1)
+            q = torch.softmax(scores, dim=1)
         if track:
             history.append(q)
     return q, history, energies
@@ -268,8 +300,8 @@ def mean_field(
     if method == "pydensecrf":
         if track or exclude_self:
             raise ValueError("method='pydensecrf' supports neither track nor exclude_self")
-        q = reference_dense_crf(image_t.cpu().numpy(), probs.detach().cpu().numpy(), params)
-        return MeanFieldResult(torch.from_numpy(q).to(probs.device, probs.dtype))
+        ref = reference_dense_crf(image_t.cpu().numpy(), probs.detach().cpu().numpy(), params)
+        return MeanFieldResult(torch.from_numpy(ref).to(probs.device, probs.dtype))
 
     device = probs.device
     features = (
@@ -281,7 +313,7 @@ def mean_field(
         filters, (params.w1, params.w2), params.normalization, exclude_self
     )
     if message_fn.fused is not None:  # its matrices hold the lattices' per-point tables now
-        for lattice in filters:
+        for lattice in message_fn.fused.lattices:
             lattice.drop_point_tables()  # (memory: 108 MB at 1 megapixel)
     # unary: $\theta_i(l) = -\log P_i(l)$, probabilities clipped to [1e-5, 1]
     unary = probs.detach().to(torch.float32).reshape(c, h * w).T  # (N, C) view

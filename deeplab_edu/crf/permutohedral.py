@@ -305,7 +305,7 @@ class PermutohedralLattice:
 
     def slice(self, vertex_values: torch.Tensor) -> torch.Tensor:
         """``(M, C)`` vertex values -> ``(N, C)`` point values, scaled by ``alpha``."""
-        out = 0.0
+        out = vertex_values.new_zeros(self.num_points, vertex_values.shape[1])
         for q in range(self._d + 1):
             # $v_i' = \alpha \sum_q b_{iq}\, V_{v(i,q)}$
             out = out + vertex_values[self.offsets[:, q]] * self.weights[:, q : q + 1]
@@ -333,7 +333,7 @@ class PermutohedralLattice:
         :class:`LatticeSum` has copied them into its matrices: 108 MB for the CRF's two lattices
         at 1 megapixel. The lattice can still :meth:`blur_` (all a :class:`LatticeSum` needs of
         it), but no longer splat, slice or filter."""
-        self.offsets = self.weights = self.splat_order = None
+        self.offsets = self.weights = self.splat_order = None  # type: ignore[assignment]
 
 
 class LatticeSum:
@@ -446,7 +446,9 @@ class LatticeSum:
             )
         # stacked: (sum_m (M_m + 1), C); the padding rows stay 0
         for lattice, (start, rows) in zip(self.lattices, self.segments, strict=True):
-            work = self._work[: 2 * (rows - 1) * c].view(2, rows - 1, c) if reuse else None
+            work = None
+            if reuse and self._work is not None:
+                work = self._work[: 2 * (rows - 1) * c].view(2, rows - 1, c)
             lattice.blur_(stacked[start : start + rows], work)
         if out is None:
             return self.slice_matrix @ stacked

@@ -30,12 +30,11 @@ import torch
 from torch import nn
 
 from deeplab_edu.crf.kernels import CRFParams, appearance_features, smoothness_features
-from deeplab_edu.crf.meanfield import PROB_CLIP, PairwiseMessage
+from deeplab_edu.crf.meanfield import PROB_CLIP, PairwiseMessage, iterate, update
 from deeplab_edu.crf.naive import NaiveFilter
 from deeplab_edu.crf.permutohedral import PermutohedralLattice
 
 LAYER_METHODS = ("permutohedral", "naive")
-_LARGEFOV = CRFParams()  # the layer's default starting point
 
 
 class MeanFieldCRF(nn.Module):
@@ -43,11 +42,10 @@ class MeanFieldCRF(nn.Module):
 
     Args:
         num_classes: C, the number of labels.
-        w1, theta_alpha, theta_beta, w2, theta_gamma: the starting weights and the fixed
-            bandwidths (default: :class:`CRFParams`' defaults, DeepLab-LargeFOV's); weights
-            must be > 0.
-        iterations: T, the mean-field iterations unrolled (default: the paper's 10).
-        normalization: the kernel normalisation, "after" (default), "symmetric" or "none".
+        params: the CRF to start from (:class:`CRFParams`; default DeepLab-LargeFOV's, e.g. a
+            grid search's best): its weights $w_1, w_2$ (> 0) are the starting weights, its
+            bandwidths, iterations T (unrolled) and normalisation stay fixed; the compatibility
+            starts at Potts.
         method: ``"permutohedral"`` (filters in float32) or ``"naive"`` (exact; small images,
             float64 too, for gradient checks).
 
@@ -63,64 +61,30 @@ class MeanFieldCRF(nn.Module):
     a cross-entropy loss keeps its gradient where Q is nearly 0 (``log`` of a tiny Q would not).
 
     Raises:
-        ValueError: for weights that are not positive, an unknown method or normalisation, and
-            (when called) inputs of the wrong shape, dtype or number of classes.
+        ValueError: for weights that are not positive, an unknown method, and (when called)
+            inputs of the wrong shape, dtype or number of classes.
+        TypeError: for ``params`` that are not a :class:`CRFParams`.
     """
 
     def __init__(
-        self,
-        num_classes: int,
-        *,
-        w1: float = _LARGEFOV.w1,
-        theta_alpha: float = _LARGEFOV.theta_alpha,
-        theta_beta: float = _LARGEFOV.theta_beta,
-        w2: float = _LARGEFOV.w2,
-        theta_gamma: float = _LARGEFOV.theta_gamma,
-        iterations: int = _LARGEFOV.iterations,
-        normalization: str = _LARGEFOV.normalization,
-        method: str = "permutohedral",
+        self, num_classes: int, params: CRFParams | None = None, *, method: str = "permutohedral"
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        # CRFParams checks that every number is finite and non-negative, and the normalisation
-        self.params = CRFParams(
-            w1=w1,
-            theta_alpha=theta_alpha,
-            theta_beta=theta_beta,
-            w2=w2,
-            theta_gamma=theta_gamma,
-            iterations=iterations,
-            normalization=normalization,
-        )
-        if not (w1 > 0 and w2 > 0):
+        params = CRFParams() if params is None else params
+        if not isinstance(params, CRFParams):
+            raise TypeError(f"params must be a CRFParams, got {type(params).__name__}")
+        if not (params.w1 > 0 and params.w2 > 0):
             raise ValueError(
                 f"learnable weights must start above 0 (their logarithms are "
-                f"learned), got w1={w1}, w2={w2}"
+                f"learned), got w1={params.w1}, w2={params.w2}"
             )
         if method not in LAYER_METHODS:
             raise ValueError(f"method must be one of {LAYER_METHODS}, got {method!r}")
-        self.num_classes, self.method = num_classes, method
-        self.log_weights = nn.Parameter(torch.tensor([math.log(w1), math.log(w2)]))
+        self.num_classes, self.params, self.method = num_classes, params, method
+        self.log_weights = nn.Parameter(torch.tensor([math.log(params.w1), math.log(params.w2)]))
         self.compatibility = nn.Parameter(1.0 - torch.eye(num_classes))  # Potts
-
-    @classmethod
-    def from_params(
-        cls, num_classes: int, params: CRFParams, *, method: str = "permutohedral"
-    ) -> MeanFieldCRF:
-        """The layer of a :class:`CRFParams` (e.g. a grid search's best): its weights as the
-        starting weights, its bandwidths, iterations and normalisation; Potts compatibility."""
-        return cls(
-            num_classes,
-            w1=params.w1,
-            theta_alpha=params.theta_alpha,
-            theta_beta=params.theta_beta,
-            w2=params.w2,
-            theta_gamma=params.theta_gamma,
-            iterations=params.iterations,
-            normalization=params.normalization,
-            method=method,
-        )
 
     @property
     def weights(self) -> torch.Tensor:
@@ -179,11 +143,13 @@ class MeanFieldCRF(nn.Module):
         unary = -torch.log(probs.clamp_min(PROB_CLIP))
         weights = self.weights.to(logits.dtype)
         compatibility = self.compatibility.to(logits.dtype)
-        scores = -unary  # (N, C); with 0 iterations Q is the network's softmax
-        for _ in range(p.iterations):
-            q = torch.softmax(scores, dim=1)
-            # $m_i(l') = \sum_k w_k (\tilde K_k Q)_i(l')$
-            message = weights[0] * kernels[0](q) + weights[1] * kernels[1](q)  # (N, C)
-            # compatibility transform: $\sum_{l'} \mu(l, l')\, m_i(l')$
-            scores = -unary - message @ compatibility.T
+
+        def message(q: torch.Tensor) -> torch.Tensor:  # $m = \sum_k w_k \tilde K_k Q$
+            return weights[0] * kernels[0](q) + weights[1] * kernels[1](q)  # (N, C)
+
+        if p.iterations == 0:  # Q is the network's softmax
+            scores = -unary
+        else:  # mean field's own loop and update, with the learnable compatibility $\mu$
+            q = iterate(unary, message, p.iterations - 1, compatibility=compatibility)[0]
+            scores = update(unary, message(q), compatibility)  # the last update, before softmax
         return scores.T.reshape(classes, height, width)

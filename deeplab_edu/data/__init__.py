@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from torch.utils.data import Dataset
-
 from deeplab_edu import runtime
 from deeplab_edu.data.folder import SegmentationFolder
 from deeplab_edu.data.toy import ensure_toy_voc, make_toy_voc
 from deeplab_edu.data.voc import (
+    PairedImages,
     CLASSES,
     IGNORE_INDEX,
     NUM_CLASSES,
@@ -78,7 +77,7 @@ def voc_dir(name: str = "voc") -> Path:
     return Path(name)
 
 
-def open_dataset(name: str, split: str) -> Dataset:
+def open_dataset(name: str, split: str) -> PairedImages:
     """Split ``split`` of data set ``name`` (as :func:`voc_dir` takes it): a
     :class:`SegmentationFolder` for a folder holding ``images/``, else a
     :class:`VOCSegmentation`. Either has ``classes``, the class names."""

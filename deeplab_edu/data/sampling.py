@@ -68,7 +68,7 @@ class Batches(torch.utils.data.Sampler):
         self.n, self.batch, self.seed = n, batch_size, seed
         self.start, self.stop = start, stop
         self.share = range(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
-        self._epoch, self._order = -1, None
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.int64)
 
     def _index(self, sample: int) -> int:
         epoch, offset = divmod(sample, self.n)

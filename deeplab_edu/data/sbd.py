@@ -92,7 +92,7 @@ class _Reader:
             return kind, self.inner(raw).matrix() if nbytes else None
         if kind not in _MI_DTYPES:
             self.fail(f"unknown data type {kind}")
-        dtype = np.dtype(_MI_DTYPES[kind]).newbyteorder(self.endian)
+        dtype = np.dtype(_MI_DTYPES[kind]).newbyteorder(self.endian)  # type: ignore[arg-type]
         if nbytes % dtype.itemsize:
             self.fail(f"{nbytes} bytes of {dtype.itemsize}-byte numbers")
         return kind, np.frombuffer(raw, dtype=dtype)

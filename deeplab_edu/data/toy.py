@@ -121,7 +121,7 @@ def _texture(kind: str, u: np.ndarray, v: np.ndarray, period: float, rng: np.ran
 def _void_band(label: np.ndarray, width: int = VOID_BAND) -> np.ndarray:
     """Pixels within a ``width``-wide band centred on the outlines between different labels:
     the pixels next to a label change, dilated by a disk of radius ``width // 2``."""
-    edge = np.zeros(label.shape, dtype=bool)
+    edge: np.ndarray = np.zeros(label.shape, dtype=bool)
     edge[:, :-1] |= label[:, :-1] != label[:, 1:]
     edge[:-1, :] |= label[:-1, :] != label[1:, :]
     radius = width // 2
@@ -270,7 +270,7 @@ def _write_toy_voc(root: Path, n_train: int, n_val: int, size: int, seed: int) -
             Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=90)
             write_mask(root / "SegmentationClass" / f"{image_id}.png", mask)
         (lists / f"{split}.txt").write_text("\n".join(ids) + "\n")
-    info = {"n_train": n_train, "n_val": n_val, "size": size, "seed": seed}
+    info: dict[str, object] = {"n_train": n_train, "n_val": n_val, "size": size, "seed": seed}
     info |= {"format": FORMAT_VERSION, "classes": [c.name for c in TOY_CLASSES]}
     (root / "toy.json").write_text(json.dumps(info, indent=1) + "\n")
     (root / "README.txt").write_text(

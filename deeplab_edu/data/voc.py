@@ -70,7 +70,7 @@ def read_classes(folder: str | Path) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-def dataset_classes(dataset: Dataset) -> tuple[str, ...]:
+def dataset_classes(dataset: object) -> tuple[str, ...]:
     """The class names of a data set (through ``Subset``s): its ``classes``, else VOC's."""
     while isinstance(dataset, Subset):
         dataset = dataset.dataset

@@ -34,12 +34,20 @@ import math
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeplab_edu.models.field import OUTPUT_STRIDE, Layer, first_centre, output_stride, score_cells
+from deeplab_edu.models.field import (
+    OUTPUT_STRIDE,
+    Layer,
+    first_centre,
+    output_stride,
+    score_cells,
+    side,
+)
 from deeplab_edu.models.vgg import FC_CHANNELS, IMAGENET_CLASSES, VGG16_CFG, layer_names
 
 MSC_PREFIX = "msc."  # the multi-scale branches and their classifier (DeepLab-MSc's second stage)
@@ -285,9 +293,11 @@ class DeepLab(nn.Module):
 
     def heads(self) -> list[tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]]:
         """fc6, fc7 and fc8 of every parallel branch: one for v1, one per rate for ASPP."""
-        if isinstance(self.fc6, nn.ModuleList):
-            return list(zip(self.fc6, self.fc7, self.fc8, strict=True))
-        return [(self.fc6, self.fc7, self.fc8)]
+        head = tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]
+        if isinstance(self.fc6, nn.ModuleList):  # ASPP: one convolution per branch in each
+            columns = [cast(nn.ModuleList, layer) for layer in (self.fc6, self.fc7, self.fc8)]
+            return [cast(head, branch) for branch in zip(*columns, strict=True)]
+        return [cast(head, (self.fc6, self.fc7, self.fc8))]
 
     def reset_parameters(self) -> None:
         """Initialise as if no VGG-16 weights were loaded: convolutions as torchvision's VGG
@@ -304,7 +314,7 @@ class DeepLab(nn.Module):
             nn.init.normal_(fc8.weight, std=0.01)
         if self.msc is not None:
             for tap, branch in enumerate(self.msc.branches):  # image, pool1, ..., pool4
-                conv, fc = branch[0], branch[3]
+                conv, fc = (m for m in branch.modules() if isinstance(m, nn.Conv2d))  # 3x3, 1x1
                 nn.init.normal_(conv.weight, std=MSC_BRANCH_STD)
                 nn.init.normal_(fc.weight, std=MSC_POOL4_FC_STD if tap == 4 else MSC_BRANCH_STD)
             nn.init.normal_(self.msc.classifier.weight, std=MSC_CLASSIFIER_STD)
@@ -326,13 +336,14 @@ class DeepLab(nn.Module):
                         kernel=module.kernel_size[0],
                         stride=module.stride[0],
                         dilation=module.dilation[0],
-                        padding=module.padding[0],
+                        padding=side(module.padding),
                         name=name,
                     )
                 )
             elif isinstance(module, nn.MaxPool2d | nn.AvgPool2d):
                 kind = "max" if isinstance(module, nn.MaxPool2d) else "avg"
-                out.append(Layer(kind, module.kernel_size, module.stride, 1, module.padding, name))
+                sizes = (side(module.kernel_size), side(module.stride), side(module.padding))
+                out.append(Layer(kind, sizes[0], sizes[1], 1, sizes[2], name))
         return [*out, Layer("conv", 1, name="fc7"), Layer("conv", 1, name="fc8")]
 
     def as_sequential(self) -> nn.Sequential:
@@ -393,7 +404,8 @@ class DeepLab(nn.Module):
         if output_stride(self.layers()) != OUTPUT_STRIDE:
             raise ValueError(f"predict needs a stride-8 DeepLab variant, not {self.variant!r}")
         scores = self.forward(x)  # (B, C, h, w)
-        return upsample_scores(scores, x.shape[-2:], offset=self.label_offset)  # (B, C, H, W)
+        size = (x.shape[-2], x.shape[-1])
+        return upsample_scores(scores, size, offset=self.label_offset)  # (B, C, H, W)
 
 
 def _one_or_list(convs: Iterable[nn.Conv2d]) -> nn.Module:

@@ -20,6 +20,17 @@ OUTPUT_STRIDE = 8  # the paper's output stride: one score every 8 input pixels (
 KINDS = ("conv", "max", "avg")
 
 
+def side(size: int | tuple[int, ...] | str) -> int:
+    """One side of a square size as PyTorch's layers store it (``3`` or ``(3, 3)``).
+
+    Raises:
+        ValueError: for a size given by name (a convolution's ``padding="same"``).
+    """
+    if isinstance(size, str):
+        raise ValueError(f"expected a size in pixels, got {size!r}")
+    return size if isinstance(size, int) else size[0]
+
+
 @dataclass(frozen=True)
 class Layer:
     """One convolution or pooling layer, as data.

@@ -20,6 +20,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from deeplab_edu.models.field import side
+
 
 def make_atrous(net: nn.Sequential, output_stride: int) -> nn.Sequential:
     """The hole algorithm applied to a network: a copy with output stride ``output_stride``.
@@ -44,11 +46,11 @@ def make_atrous(net: nn.Sequential, output_stride: int) -> nn.Sequential:
         if isinstance(layer, nn.Conv2d):
             s = layer.stride[0]
             layer.dilation = tuple(d * rate for d in layer.dilation)
-            layer.padding = tuple(p * rate for p in layer.padding)
+            layer.padding = tuple(side(p) * rate for p in layer.padding)
         elif isinstance(layer, nn.MaxPool2d):
-            s = _int(layer.stride)
-            layer.dilation = _int(layer.dilation) * rate
-            layer.padding = _int(layer.padding) * rate
+            s = side(layer.stride)
+            layer.dilation = side(layer.dilation) * rate
+            layer.padding = side(layer.padding) * rate
         elif isinstance(layer, nn.AvgPool2d) and rate > 1:
             raise ValueError("make_atrous: average pooling cannot take holes in PyTorch")
         else:
@@ -64,10 +66,6 @@ def make_atrous(net: nn.Sequential, output_stride: int) -> nn.Sequential:
     if stride != output_stride:
         raise ValueError(f"the network's strides never multiply to {output_stride} (got {stride})")
     return dense
-
-
-def _int(value: int | tuple[int, ...]) -> int:
-    return value if isinstance(value, int) else value[0]
 
 
 def shift_and_stitch(

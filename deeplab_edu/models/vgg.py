@@ -18,6 +18,7 @@ a checksum, into ``runtime.data_root() / "weights"``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -115,7 +116,20 @@ def channel_indices(total: int, keep: int) -> torch.Tensor:
     return torch.arange(keep) * total // keep
 
 
-def load_vgg16(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+class Backbone(Protocol):
+    """What :func:`load_vgg16` fills: a DeepLab network (or the stride-32 VGG-16)."""
+
+    features: nn.Sequential
+
+    def heads(self) -> list[tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]]:
+        """fc6, fc7 and fc8 of every parallel branch."""
+        ...
+
+
+Network = TypeVar("Network", bound=Backbone)
+
+
+def load_vgg16(model: Network, state_dict: dict[str, torch.Tensor]) -> Network:
     """Initialise ``model`` from a torchvision VGG-16 state dict, in place.
 
     Args:
@@ -146,7 +160,7 @@ def load_vgg16(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Modu
     keep_in = torch.arange(3)  # RGB
     with torch.no_grad():
         for name, module in model.features.named_children():
-            if not name.startswith("conv"):
+            if not name.startswith("conv") or not isinstance(module, nn.Conv2d):
                 continue
             weight = state_dict[f"{keys[name]}.weight"]  # (C_out, C_in, 3, 3)
             keep_out = channel_indices(weight.shape[0], module.out_channels)
@@ -176,6 +190,8 @@ def _copy(conv: torch.nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> No
             f"VGG-16 weight of shape {tuple(weight.shape)} does not fit a layer of shape "
             f"{tuple(conv.weight.shape)}"
         )
+    if conv.bias is None:
+        raise ValueError("expected a layer with a bias, as VGG-16's have, got one without")
     conv.weight.copy_(weight)
     conv.bias.copy_(bias)
 

@@ -57,7 +57,7 @@ def core_source(source: str) -> str:
             and isinstance(statement.value.value, str)
         )
         if docstring or _is_check(statement):
-            dropped.append((statement.lineno, statement.end_lineno))
+            dropped.append((statement.lineno, statement.end_lineno or statement.lineno))
             if not docstring and checks_at is None:
                 checks_at = statement.lineno
     if not dropped:

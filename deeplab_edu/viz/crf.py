@@ -109,9 +109,9 @@ def plot_lattice_2d(points: torch.Tensor, *, show_weights: bool = True) -> plt.F
     Args:
         points: ``(N, 2)`` features (already divided by the bandwidth).
     """
-    points = points.to(torch.float32)
+    points = points.detach().to("cpu", torch.float32)  # a drawing: a few points, on the CPU
     lattice = PermutohedralLattice(points)
-    lo, hi = points.min(0).values - 1.5, points.max(0).values + 1.5
+    lo, hi = (points.min(0).values - 1.5).tolist(), (points.max(0).values + 1.5).tolist()
     # every lattice vertex of the window: the vertices of a lattice built on a dense grid
     grid = torch.stack(
         torch.meshgrid(
@@ -128,12 +128,15 @@ def plot_lattice_2d(points: torch.Tensor, *, show_weights: bool = True) -> plt.F
         for j in np.nonzero((near > 0) & (near < 1.01 * spacing))[0]:
             if j > i:
                 ax.plot(*zip(a, everything[j], strict=True), color="0.85", lw=0.8, zorder=1)
-    ax.scatter(*everything.T, s=6, color="0.6", zorder=2, label="lattice vertices")
+    ax.scatter(
+        everything[:, 0], everything[:, 1], s=6, color="0.6", zorder=2, label="lattice vertices"
+    )
     mass = torch.zeros(lattice.num_vertices).index_add_(
         0, lattice.offsets.reshape(-1), lattice.weights.reshape(-1)
     )
     ax.scatter(
-        *vertices.T,
+        vertices[:, 0],
+        vertices[:, 1],
         s=120 * to_numpy(mass),
         color="tab:orange",
         alpha=0.7,
@@ -152,7 +155,7 @@ def plot_lattice_2d(points: torch.Tensor, *, show_weights: bool = True) -> plt.F
                     alpha=0.6,
                     zorder=4,
                 )
-    ax.scatter(*pts.T, s=18, color="tab:blue", zorder=5, label="input points")
+    ax.scatter(pts[:, 0], pts[:, 1], s=18, color="tab:blue", zorder=5, label="input points")
     ax.set_xlim(lo[0], hi[0])
     ax.set_ylim(lo[1], hi[1])
     ax.set_aspect("equal")

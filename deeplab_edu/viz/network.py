@@ -178,7 +178,7 @@ def plot_fields(
                 field,
                 fill=False,
                 lw=2,
-                color=plt.cm.tab10.colors[index % 10],
+                color=plt.get_cmap("tab10")(index % 10),
                 ls=styles[index % 4],
                 label=f"{label}: {field}",
             )
