@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
+from deeplab_edu.crf.lattice_build import elevate
 from deeplab_edu.crf.meanfield import PairwiseMessage, iterate
 from deeplab_edu.crf.naive import NaiveFilter
-from deeplab_edu.crf.permutohedral import elevate
 from deeplab_edu.data.transforms import subsample_labels
 from deeplab_edu.data.voc import IGNORE_INDEX
 from deeplab_edu.metrics import ConfusionMatrix

@@ -12,8 +12,9 @@ from deeplab_edu.crf import (
     NaiveFilter,
     PermutohedralLattice,
     dense_crf,
+    fast_build,
+    lattice_build,
     mean_field,
-    permutohedral,
     simulate_unaries,
 )
 from deeplab_edu.crf.kernels import appearance_features, smoothness_features
@@ -73,6 +74,73 @@ def test_barycentric_weights_rebuild_the_points_from_their_simplex():
     assert (torch.remainder(lattice.keys - lattice.keys[:, :1], 3) == 0).all()  # congruent mod 3
 
 
+def _same_lattice(fast: PermutohedralLattice, plain: PermutohedralLattice) -> None:
+    """The two builds hold the same lattice, up to the numbering of its vertices."""
+    assert fast.num_vertices == plain.num_vertices
+    position = {tuple(key): i for i, key in enumerate(plain.keys.tolist())}
+    renumber = torch.tensor([position[tuple(key)] for key in fast.keys.tolist()])
+    absent = torch.tensor([plain.num_vertices])  # the "no neighbour" index maps to itself
+    assert torch.equal(fast.weights, plain.weights)
+    assert torch.equal(renumber[fast.offsets.long()], plain.offsets.long())
+    assert torch.equal(
+        torch.cat([renumber, absent])[fast.neighbours.long()],
+        plain.neighbours.long()[:, :, renumber],
+    )
+    for lattice in (fast, plain):  # each groups the (point, corner) pairs by its own vertices
+        grouped = lattice.offsets.reshape(-1)[lattice.splat_order.long()]
+        assert torch.equal(grouped, torch.sort(lattice.offsets.reshape(-1), stable=True).values)
+        assert torch.equal(
+            grouped[lattice.splat_starts], torch.arange(lattice.num_vertices).to(grouped)
+        )
+
+
+@pytest.mark.parametrize("d", [1, 2, 5])
+def test_the_fast_build_makes_the_lattice_of_the_plain_steps(d):
+    features = torch.rand(4000, d, generator=torch.Generator().manual_seed(d)) * 9
+    fast, plain = PermutohedralLattice(features), PermutohedralLattice(features, plain=True)
+    _same_lattice(fast, plain)
+    values = torch.rand(4000, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(fast(values), plain(values))  # splat, blur, slice: the same sums
+
+
+def test_each_speed_up_equals_its_plain_step():
+    image, _ = two_region_scene(41, 53)  # an image's appearance features: d = 5
+    f = appearance_features(image, 10.0, 13.0)
+    elevated = lattice_build.elevate(f)
+    rem0, rank = lattice_build.enclosing_simplex(elevated)
+    corners = lattice_build.simplex_vertices(rem0, rank)  # (N, 6, 6) coordinates
+    # steps 1-2 in chunks, kept compactly: the same simplices and weights
+    reduced, ranks, weights = fast_build.simplices(f)
+    assert torch.equal(weights, lattice_build.barycentric_weights(elevated, rem0, rank))
+    assert torch.equal(ranks.long(), rank) and torch.equal(reduced.long() * 6, rem0[:, :5].long())
+    # the corners as integer codes: decoded, the plain coordinates
+    coder = fast_build.VertexCodes(reduced)
+    codes = coder.corners(reduced.long(), ranks.long())
+    assert torch.equal(coder.decode(codes.reshape(-1)), corners.reshape(-1, 6))
+    # one sort of the codes finds the vertices that torch.unique finds
+    keys, _ = lattice_build.find_vertices(corners)
+    unique_codes = torch.unique(codes)
+    assert torch.equal(torch.unique(coder.decode(unique_codes), dim=0), keys)
+    # neighbours by arithmetic on the codes: those found by looking the coordinates up
+    by_codes = coder.neighbours(unique_codes, torch.int64)
+    by_keys = lattice_build.neighbour_indices(coder.decode(unique_codes))
+    assert torch.equal(by_codes, by_keys)
+
+
+def test_a_point_in_its_triangle_by_hand():
+    """d = 2: the lattice's vertices are the points with coordinates congruent modulo 3 that sum to
+    0; a point's weights are its barycentric coordinates in its triangle."""
+    point = torch.tensor([[0.4, 0.3]])
+    elevated = lattice_build.elevate(point)
+    rem0, rank = lattice_build.enclosing_simplex(elevated)
+    corners = lattice_build.simplex_vertices(rem0, rank)[0]  # (3, 3)
+    weights = lattice_build.barycentric_weights(elevated, rem0, rank)[0]
+    assert (corners.sum(1) == 0).all()
+    assert all(len(set((c % 3).tolist())) == 1 for c in corners)
+    assert (weights >= 0).all() and torch.isclose(weights.sum(), torch.tensor(1.0))
+    assert torch.allclose((weights[:, None] * corners.float()).sum(0), elevated[0], atol=1e-5)
+
+
 def test_fused_sparse_filtering_equals_the_step_by_step_lattice():
     g = torch.Generator().manual_seed(2)
     points = torch.rand(2000, 2, generator=g) * 30
@@ -100,10 +168,10 @@ def test_lattice_built_in_chunks_or_with_64_bit_sorting_is_the_same(monkeypatch,
     image, _ = two_region_scene(23, 31)
     features = appearance_features(image, 10.0, 13.0)
     whole = PermutohedralLattice(features)
-    monkeypatch.setattr(permutohedral, "_CHUNK", chunk)
-    monkeypatch.setattr(permutohedral, "_SORT32_RANGE", 0)  # always the 64-bit sort
+    monkeypatch.setattr(fast_build, "CHUNK", chunk)
+    monkeypatch.setattr(fast_build, "SORT32_RANGE", 0)  # always the 64-bit sort
     other = PermutohedralLattice(features)
-    for name in ("offsets", "weights", "codes", "neighbours"):
+    for name in ("offsets", "weights", "keys", "neighbours", "splat_order", "splat_starts"):
         assert torch.equal(getattr(whole, name), getattr(other, name)), name
 
 
@@ -132,7 +200,7 @@ def test_memory_savings_change_no_result(monkeypatch):
     probs = simulate_unaries(mask.numpy(), num_classes=4, stride=4, noise=0.2, seed=2)
     features = [appearance_features(image, 10.0, 13.0), smoothness_features(30, 36, 3.0)]
     narrow = [PermutohedralLattice(f) for f in features]
-    monkeypatch.setattr(permutohedral, "_INT32_LIMIT", 0)  # int64 everywhere
+    monkeypatch.setattr(lattice_build, "INT32_LIMIT", 0)  # int64 everywhere
     wide = [PermutohedralLattice(f) for f in features]
     monkeypatch.undo()
     for small, large in zip(narrow, wide, strict=True):

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from deeplab_edu.cli import main
+from deeplab_edu.crf.lattice_build import elevate
 from deeplab_edu.crf.meanfield import iterate
-from deeplab_edu.crf.permutohedral import elevate
 from deeplab_edu.data.transforms import subsample_labels
 from deeplab_edu.exercises import EXERCISES, check
 from deeplab_edu.metrics import ConfusionMatrix

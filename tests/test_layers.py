@@ -143,3 +143,22 @@ def test_the_walk_sees_a_circle_and_an_upward_import(tmp_path, monkeypatch):
         test_no_circle_of_imports()
     with pytest.raises(AssertionError):
         test_imports_are_at_the_top_of_the_file("deeplab_edu.crf.lattice")
+
+
+MAX_LINES = 40  # of code, docstring left out
+
+
+def test_the_crf_functions_are_short_enough_to_read():
+    """Every function of crf/ fits on a screen (issue: the readable core), unless its docstring
+    says why not ("Long because ...")."""
+    long = []
+    for path in sorted((PACKAGE / "crf").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            docstring = ast.get_docstring(node) or ""
+            body = node.body[1:] if docstring and len(node.body) > 1 else node.body
+            lines = (node.end_lineno or node.lineno) - body[0].lineno + 1
+            if lines > MAX_LINES and "Long because" not in docstring:
+                long.append(f"{path.name}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, long

@@ -72,17 +72,7 @@ def simulate_unaries(
     # one prediction per stride x stride cell (partial cells at the border are averaged too)
     coarse = F.avg_pool2d(one_hot[None], stride, stride, ceil_mode=True)  # (1, C, h, w)
     if blur_sigma > 0:
-        radius = max(1, int(3 * blur_sigma + 0.5))
-        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-        g = torch.exp(-0.5 * (x / blur_sigma) ** 2)
-        g = g / g.sum()
-        padded = F.pad(coarse, (radius, radius, radius, radius), mode="replicate")
-        coarse = F.conv2d(
-            padded, g.view(1, 1, 1, -1).expand(num_classes, 1, 1, -1), groups=num_classes
-        )
-        coarse = F.conv2d(
-            coarse, g.view(1, 1, -1, 1).expand(num_classes, 1, -1, 1), groups=num_classes
-        )
+        coarse = _gaussian_blur(coarse, blur_sigma)
     _, _, ch, cw = coarse.shape
     flipped = torch.rand(ch, cw, generator=generator) < noise  # (h, w) corrupted cells
     random_labels = torch.randint(num_classes, (ch, cw), generator=generator)
@@ -94,3 +84,15 @@ def simulate_unaries(
     probs = F.interpolate(coarse[None], scale_factor=stride, mode="bilinear", align_corners=False)
     probs = probs[0, :, :h, :w]
     return probs / probs.sum(0, keepdim=True)  # (C, H, W)
+
+
+def _gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``(1, C, h, w)`` maps blurred by a Gaussian of ``sigma`` cells (edges replicated)."""
+    channels = maps.shape[1]
+    radius = max(1, int(3 * sigma + 0.5))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    g = g / g.sum()
+    padded = F.pad(maps, (radius, radius, radius, radius), mode="replicate")
+    rows = F.conv2d(padded, g.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(rows, g.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
