@@ -25,8 +25,11 @@ import torch
 
 from deeplab_edu.fetch import atomic_write
 
-# 2: with the SHA-256 of the contents; 3: the plain DeepLab with its released 2x2 poolings
-FORMAT_VERSION = 3
+# 2: with the SHA-256 of the contents; 3: the plain DeepLab with its released 2x2 poolings;
+# 4: fc6-fc8 in a head module ("head.fc6.weight", ASPP's "head.branches.0.fc6.weight"; older
+# files' "fc6.weight" and "fc6.0.weight" are renamed when loaded)
+FORMAT_VERSION = 4
+HEAD_FORMAT = 4
 # the oldest format each network may come from (pooling has no weights, so an older file of a
 # network whose poolings changed loads without a shape error, and would silently be misread)
 OLDEST_FORMAT = {"DeepLab": 3}
@@ -121,7 +124,20 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             f"{path} is damaged: its contents do not match the SHA-256 stored with them "
             "(a disk or copy error); use an earlier copy or train again"
         )
+    if state["format"] < HEAD_FORMAT and isinstance(state.get("model"), dict):
+        state["model"] = {_head_key(name): tensor for name, tensor in state["model"].items()}
     return state
+
+
+def _head_key(name: str) -> str:
+    """A weight's name in format 4 from its name in an older checkpoint: "fc6.weight" ->
+    "head.fc6.weight", ASPP's "fc6.2.weight" -> "head.branches.2.fc6.weight"."""
+    parts = name.split(".")
+    if parts[0] not in ("fc6", "fc7", "fc8"):
+        return name
+    if len(parts) == 3:  # layer, branch, weight or bias
+        return f"head.branches.{parts[1]}.{parts[0]}.{parts[2]}"
+    return f"head.{name}"
 
 
 METRICS_LOG = "metrics.jsonl"

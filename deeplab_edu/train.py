@@ -36,13 +36,19 @@ from torch import nn
 from tqdm import tqdm
 
 from deeplab_edu import runtime
-from deeplab_edu.checkpoint import METRICS_LOG, load_checkpoint, save_checkpoint, truncate_log
+from deeplab_edu.checkpoint import (
+    HEAD_FORMAT,
+    METRICS_LOG,
+    load_checkpoint,
+    save_checkpoint,
+    truncate_log,
+)
 from deeplab_edu.data import open_dataset
 from deeplab_edu.data.sampling import Batches, Dataset, Samples, derived_seed
 from deeplab_edu.data.transforms import TrainTransform, subsample_labels
 from deeplab_edu.data.voc import IGNORE_INDEX, NUM_CLASSES, dataset_classes
 from deeplab_edu.models import deeplab
-from deeplab_edu.models.deeplab import NEW_LAYER_PREFIXES, DeepLab, variant
+from deeplab_edu.models.deeplab import DeepLab, is_new_layer, variant
 from deeplab_edu.models.field import OUTPUT_STRIDE
 from deeplab_edu.models.pretrained import initialise
 from deeplab_edu.outputs import refuse_foreign, run_lock, sweep_temporaries
@@ -150,7 +156,7 @@ def param_groups(model: DeepLab, config: TrainConfig) -> list[dict]:
     """Split the trainable parameters into the four groups of the Caffe solver.
 
     Args:
-        model: a DeepLab network; parameters named ``fc8.*`` / ``msc.*`` are the new layers.
+        model: a DeepLab network; its fc8s and ``msc.*`` are the new layers (:func:`is_new_layer`).
         config: the learning-rate multipliers and weight decay.
 
     Returns:
@@ -163,7 +169,7 @@ def param_groups(model: DeepLab, config: TrainConfig) -> list[dict]:
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            key = (name.startswith(NEW_LAYER_PREFIXES), name.endswith("bias"))
+            key = (is_new_layer(name), name.endswith("bias"))
             groups.setdefault(key, []).append(parameter)
     # (DeepLab-MSc's second stage trains its new layers at x1, as released)
     new_mult = 1.0 if config.msc else config.lr_new_multiplier
@@ -235,7 +241,7 @@ def build_model(
     model = deeplab(config.variant, num_classes=num_classes, width=config.width, msc=config.msc)
     initialise(model, config.init, vgg_state_dict=vgg_state_dict)
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(not config.msc or name.startswith(NEW_LAYER_PREFIXES))
+        parameter.requires_grad_(not config.msc or is_new_layer(name))
     return model
 
 
@@ -402,6 +408,13 @@ def _resume(
         raise ValueError(
             f"{path} was trained with another configuration: {changed} (saved, asked); resume "
             "with the same values, or train into another folder"
+        )
+    if state["format"] < HEAD_FORMAT and (model.msc is not None or len(model.heads()) > 1):
+        raise ValueError(
+            f"{path} was written before the head became a module (checkpoint format "
+            f"{state['format']}): its weights load (evaluate it, or --init it), but its optimiser "
+            f"state lists {model.variant}'s parameters in another order, so it cannot be resumed; "
+            "train into another folder"
         )
     model.load_state_dict(state["model"])
     iteration = int(state["iteration"])

@@ -114,7 +114,7 @@ def test_train_accepts_the_aspp_variants(toy_dir, tmp_path):
         == 0
     )
     assert json.loads((out / "config.json").read_text())["variant"] == "DeepLab-ASPP-256"
-    assert "fc8.3.weight" in load_checkpoint(out / "checkpoint.pt")["model"]
+    assert "head.branches.3.fc8.weight" in load_checkpoint(out / "checkpoint.pt")["model"]
 
 
 def test_missing_voc_says_how_to_get_it(tmp_path, monkeypatch, capsys):

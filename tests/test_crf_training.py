@@ -98,7 +98,7 @@ def test_evaluate_with_a_potts_layer_equals_evaluate_with_its_parameters():
     torch.manual_seed(0)
     model = deeplab("DeepLab-LargeFOV", width=1 / 16).eval()
     with torch.no_grad():  # decisive scores: no near-ties for float rounding to flip
-        model.fc8.weight.mul_(3000.0)
+        model.head.fc8.weight.mul_(3000.0)
     crf = MeanFieldCRF(21, CRFParams(w1=5.0, theta_alpha=6.0, theta_beta=20.0, iterations=4))
     config = EvalConfig.fast(crf=crf.params)
     plain = evaluate(model, images(), config, progress=False).summary

@@ -154,11 +154,11 @@ def test_a_network_for_other_classes_starts_from_its_features(tmp_path):
         tmp_path / "voc.pt",
     )
     mine = deeplab(config.variant, width=0.0625, num_classes=4)
-    fresh_fc8 = mine.fc8.weight.clone()
+    fresh_fc8 = mine.head.fc8.weight.clone()
     load_trained_weights(mine, path)
     assert torch.equal(mine.features.conv1_1.weight, voc_network.features.conv1_1.weight)
-    assert torch.equal(mine.fc7.weight, voc_network.fc7.weight)
-    assert torch.equal(mine.fc8.weight, fresh_fc8)  # a classifier for 4 classes, as built
+    assert torch.equal(mine.head.fc7.weight, voc_network.head.fc7.weight)
+    assert torch.equal(mine.head.fc8.weight, fresh_fc8)  # a classifier for 4 classes, as built
     root = make_folder(tmp_path / "mine", n=5, size=40)
     tiny = "--fast --width 0.0625 --no-progress --crop 33 --batch-size 2 --iterations 1".split()
     run = ["--dataset", str(root), "--init", str(path), "--out", str(tmp_path / "run")]

@@ -10,12 +10,15 @@ import torch.nn.functional as F
 
 from deeplab_edu.fetch import ChecksumError, file_digest, verify
 from deeplab_edu.models import (
+    ASPP,
     PAPER_VARIANTS,
     VARIANTS,
     VGG16_CFG,
+    Head,
     Layer,
     Variant,
     deeplab,
+    is_new_layer,
     load_vgg16,
     output_size,
     output_stride,
@@ -111,24 +114,25 @@ def test_forward_backward_small(name, msc):
     assert (model.msc is not None) == msc
 
 
-def test_new_layers_are_named_fc8_and_msc(vgg_state):
+def test_new_layers_are_the_fc8s_and_msc(vgg_state):
     model = deeplab("DeepLab-LargeFOV", width=SMALL, msc=True)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     load_vgg16(model, vgg_state)
     for key, value in model.state_dict().items():
-        new = key.startswith(("fc8.", "msc."))
+        new = is_new_layer(key)
         if key.endswith(".weight"):  # (torchvision's VGG biases start at 0 like ours)
             assert torch.equal(value, before[key]) == new, key
-    assert model.fc8.out_channels == 21 and model.msc.out_channels == 5 * 8
-    assert model.fc8.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    assert model.head.fc8.out_channels == 21 and model.msc.out_channels == 5 * 8
+    assert model.head.fc8.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    assert is_new_layer("head.branches.3.fc8.bias") and not is_new_layer("head.fc7.weight")
 
 
 def test_width_scales_every_channel_but_the_classes():
     model = _meta("DeepLab-LargeFOV", width=0.25)
     assert model.features.conv1_1.out_channels == 16
     assert model.features.conv5_3.out_channels == 128
-    assert model.fc6.out_channels == model.fc7.out_channels == 256
-    assert model.fc8.out_channels == 21
+    assert model.head.fc6.out_channels == model.head.fc7.out_channels == 256
+    assert model.head.fc8.out_channels == 21
     assert len(model.layers()) == len(_meta("DeepLab-LargeFOV").layers())
 
 
@@ -162,11 +166,12 @@ def test_decimation_taps():
 def test_decimated_fc6_is_the_original_on_the_kept_taps(name, vgg_state):
     model = load_vgg16(deeplab(name, width=SMALL), vgg_state)
     fc6 = vgg_state[torchvision_keys()["fc6"] + ".weight"].reshape(4096, 512, 7, 7)
-    keep6 = channel_indices(4096, model.fc6.out_channels)
+    head = model.head
+    keep6 = channel_indices(4096, head.fc6.out_channels)
     keep5 = channel_indices(512, model.features.conv5_3.out_channels)
-    taps = decimation_taps(model.fc6.kernel_size[0])
+    taps = decimation_taps(head.fc6.kernel_size[0])
     expected = fc6[keep6][:, keep5][:, :, taps][:, :, :, taps]
-    assert torch.equal(model.fc6.weight, expected)
+    assert torch.equal(head.fc6.weight, expected)
     # a (k - 1)-spaced decimated kernel at rate 4 (7 - 1) / (k - 1) samples exactly the kept
     # taps of the 7x7 kernel at rate 4 (DeepLab-4x4, LargeFOV; DeepLab-7x7 trivially)
     if name != "DeepLab":
@@ -175,18 +180,18 @@ def test_decimated_fc6_is_the_original_on_the_kept_taps(name, vgg_state):
         masked[:, :, grid[:, None], grid[None, :]] = expected
         x = torch.randn(1, expected.shape[1], 30, 30)
         full = F.conv2d(x, masked, padding=12, dilation=4)
-        rate = model.fc6.dilation[0]
+        rate = head.fc6.dilation[0]
         assert rate == 4 * 6 // (len(taps) - 1)
-        ours = F.conv2d(x, model.fc6.weight, padding=model.fc6.padding, dilation=rate)
+        ours = F.conv2d(x, head.fc6.weight, padding=head.fc6.padding, dilation=rate)
         torch.testing.assert_close(ours, full)
 
 
 @pytest.mark.parametrize("name", ASPP_CHANNELS)
 def test_every_aspp_branch_starts_from_vgg16s_fc6_and_fc7(name, vgg_state):
     model = deeplab(name, width=SMALL)
-    before = [fc8.weight.clone() for _, _, fc8 in model.heads()]
+    before = [head.fc8.weight.clone() for head in model.heads()]
     load_vgg16(model, vgg_state)
-    channels = model.fc6[0].out_channels
+    channels = model.heads()[0].fc6.out_channels
     keep6 = channel_indices(4096, channels)
     keep5 = channel_indices(512, model.features.conv5_3.out_channels)
     taps = decimation_taps(3)
@@ -198,8 +203,9 @@ def test_every_aspp_branch_starts_from_vgg16s_fc6_and_fc7(name, vgg_state):
     masked[:, :, grid[:, None], grid[None, :]] = expected6
     x = torch.randn(1, expected6.shape[1], 30, 30)
     heads = model.heads()
-    assert [fc6.dilation[0] for fc6, _, _ in heads] == ASPP_RATES
-    for (conv6, conv7, conv8), fc8_before, rate in zip(heads, before, ASPP_RATES, strict=True):
+    assert [head.fc6.dilation[0] for head in heads] == ASPP_RATES
+    for head, fc8_before, rate in zip(heads, before, ASPP_RATES, strict=True):
+        conv6, conv7, conv8 = head.fc6, head.fc7, head.fc8
         assert torch.equal(conv6.weight, expected6)
         assert torch.equal(conv6.bias, vgg_state["classifier.0.bias"][keep6])
         assert torch.equal(conv7.weight[:, :, 0, 0], expected7)
@@ -209,27 +215,29 @@ def test_every_aspp_branch_starts_from_vgg16s_fc6_and_fc7(name, vgg_state):
         torch.testing.assert_close(ours, full)
         assert torch.equal(conv8.weight, fc8_before)  # fc8 stays new in every branch
         assert conv8.weight.std().item() == pytest.approx(0.01, rel=0.1)
-    assert not torch.equal(heads[0][2].weight, heads[1][2].weight)  # drawn independently
+    assert not torch.equal(heads[0].fc8.weight, heads[1].fc8.weight)  # drawn independently
 
 
 def test_largefov_decimates_fc7_channels_on_both_sides(vgg_state):
     model = load_vgg16(deeplab("DeepLab-LargeFOV"), vgg_state)
     fc7 = vgg_state["classifier.3.weight"]
-    assert torch.equal(model.fc7.weight[:, :, 0, 0], fc7[::4, ::4])
-    assert torch.equal(model.fc6.bias, vgg_state["classifier.0.bias"][::4])
+    assert torch.equal(model.head.fc7.weight[:, :, 0, 0], fc7[::4, ::4])
+    assert torch.equal(model.head.fc6.bias, vgg_state["classifier.0.bias"][::4])
     assert torch.equal(model.features.conv3_2.weight, vgg_state["features.12.weight"])
 
 
-def test_v1_keeps_its_state_dict_keys_and_aspp_indexes_its_branches():
-    head = ["fc6.weight", "fc6.bias", "fc7.weight", "fc7.bias", "fc8.weight", "fc8.bias"]
-    for name in TABLE2_PARAMS:  # the keys of the trained checkpoints in data/runs
+def test_the_head_is_a_module_and_aspp_one_head_per_branch():
+    head = [f"head.{layer}.{p}" for layer in ("fc6", "fc7", "fc8") for p in ("weight", "bias")]
+    for name in TABLE2_PARAMS:
         keys = list(_meta(name).state_dict())
         assert [k for k in keys if not k.startswith("features.")] == head, name
-    keys = list(_meta("DeepLab-ASPP").state_dict())
-    assert [k for k in keys if not k.startswith("features.")] == [
-        f"{layer}.{branch}.{p}"
-        for layer in ("fc6", "fc7", "fc8")
+        assert isinstance(_meta(name).head, Head)
+    aspp = _meta("DeepLab-ASPP")
+    assert isinstance(aspp.head, ASPP) and aspp.heads() == list(aspp.head.branches)
+    assert [k for k in aspp.state_dict() if not k.startswith("features.")] == [
+        f"head.branches.{branch}.{layer}.{p}"
         for branch in range(4)
+        for layer in ("fc6", "fc7", "fc8")
         for p in ("weight", "bias")
     ]
     assert list(_meta("DeepLab-ASPP").features.named_children())[-1][0] == "pool5"  # no pool5a
@@ -250,13 +258,13 @@ def test_aspp_sums_four_branches_at_rates_6_to_24():
     torch.manual_seed(0)
     model = deeplab("DeepLab-ASPP", width=SMALL, num_classes=5).eval()
     heads = model.heads()
-    rates = [(fc6.dilation[0], fc6.padding[0]) for fc6, _, _ in heads]
+    rates = [(head.fc6.dilation[0], head.fc6.padding[0]) for head in heads]
     assert rates == [(r, r) for r in ASPP_RATES]  # each keeps the size
-    assert all(fc6.out_channels == fc7.out_channels == 64 for fc6, fc7, _ in heads)  # 1024 / 16
+    assert all(h.fc6.out_channels == h.fc7.out_channels == 64 for h in heads)  # 1024 / 16
     x = torch.randn(1, 3, 41, 41)
     with torch.no_grad():
         features = model.features(x)  # (1, 32, 6, 6)
-        branches = [fc8(F.relu(fc7(F.relu(fc6(features))))) for fc6, fc7, fc8 in heads]
+        branches = [h.fc8(F.relu(h.fc7(F.relu(h.fc6(features))))) for h in heads]
         torch.testing.assert_close(model(x), sum(branches))
     assert all(branch.abs().amax() > 0 for branch in branches)  # each one counts
 

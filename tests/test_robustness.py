@@ -18,7 +18,13 @@ import torch
 from PIL import Image
 
 import deeplab_edu.data.toy as toy
-from deeplab_edu.checkpoint import contents_digest, load_checkpoint, read_metrics, save_checkpoint
+from deeplab_edu.checkpoint import (
+    FORMAT_VERSION,
+    contents_digest,
+    load_checkpoint,
+    read_metrics,
+    save_checkpoint,
+)
 from deeplab_edu.cli import main
 from deeplab_edu.crf import dense_crf, simulate_unaries
 from deeplab_edu.crf.rnn import MeanFieldCRF
@@ -95,7 +101,7 @@ def test_a_plain_deeplab_checkpoint_from_before_the_2x2_poolings_is_refused(tmp_
         else:
             assert load_checkpoint(path)["format"] == 2
     new = save_checkpoint({"config": {"variant": "DeepLab"}}, tmp_path / "new.pt")
-    assert load_checkpoint(new)["format"] == 3
+    assert load_checkpoint(new)["format"] == FORMAT_VERSION
 
 
 # -- crashes and unbounded resources -------------------------------------------------------------

@@ -144,7 +144,8 @@ def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path: Path) -> None
         runs.SHIPPED_DIR / runs.shipped_info(runs.SHARED_VARIANTS[0])["checkpoint"]
     )
     state = {k: v for k, v in state.items() if k not in ("format", "sha256")}
-    state["model"]["fc8.weight"] = torch.full_like(state["model"]["fc8.weight"], float("nan"))
+    fc8 = state["model"]["head.fc8.weight"]  # (the shipped file's "fc8.weight", renamed)
+    state["model"]["head.fc8.weight"] = torch.full_like(fc8, float("nan"))
     save_checkpoint(state, tmp_path / "diverged.pt")
-    with pytest.raises(ValueError, match=r"\['fc8.weight'\] hold NaN or infinite values"):
+    with pytest.raises(ValueError, match=r"\['head.fc8.weight'\] hold NaN or infinite values"):
         runs.load_trained(tmp_path / "diverged.pt")

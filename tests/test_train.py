@@ -18,6 +18,7 @@ from deeplab_edu import runtime
 from deeplab_edu.checkpoint import load_checkpoint, read_metrics, save_checkpoint
 from deeplab_edu.data.toy import make_toy_voc
 from deeplab_edu.data.voc import VOCSegmentation
+from deeplab_edu.models import is_new_layer
 from deeplab_edu.train import (
     TrainConfig,
     build_model,
@@ -83,7 +84,7 @@ def test_param_groups_follow_the_caffe_solver():
     for name, (mult, decay) in expected.items():
         assert (groups[name]["lr_mult"], groups[name]["weight_decay"]) == (mult, decay)
     new = {id(p) for p in groups["new weights"]["params"] + groups["new biases"]["params"]}
-    assert new == {id(p) for p in model.fc8.parameters()}
+    assert new == {id(p) for p in model.head.fc8.parameters()}
     count = sum(len(g["params"]) for g in groups.values())
     assert count == len(list(model.parameters()))
     optimizer = make_optimizer(model, config)
@@ -97,8 +98,10 @@ def test_param_groups_give_every_aspp_branch_classifier_the_new_layers_rate():
     groups = {g["name"]: g for g in param_groups(model, TrainConfig())}
     new = {id(p) for p in groups["new weights"]["params"] + groups["new biases"]["params"]}
     names = {name for name, p in model.named_parameters() if id(p) in new}
-    assert names == {f"fc8.{branch}.{p}" for branch in range(4) for p in ("weight", "bias")}
-    assert new == {id(p) for _, _, fc8 in model.heads() for p in fc8.parameters()}
+    assert names == {
+        f"head.branches.{branch}.fc8.{p}" for branch in range(4) for p in ("weight", "bias")
+    }
+    assert new == {id(p) for head in model.heads() for p in head.fc8.parameters()}
     assert len(groups["pretrained weights"]["params"]) == 13 + 2 * 4  # conv1_1..conv5_3, fc6, fc7
 
 
@@ -279,7 +282,7 @@ def test_msc_is_a_second_stage_as_released(toy_train, tmp_path):
             assert torch.equal(value, before[name]), name
     # trained: the branches and fc8 (the released configuration), all at x1 (biases x2)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {n for n, _ in model.named_parameters() if n.startswith(("msc.", "fc8."))}
+    assert trainable == {n for n, _ in model.named_parameters() if is_new_layer(n)}
     groups = {g["name"]: g["lr_mult"] for g in param_groups(model, config)}
     assert groups == {"new weights": 1.0, "new biases": 2.0}
     # initialised as released: branch convolutions 0.001 (pool4's 1x1 0.005), classifier 0.01
@@ -302,7 +305,7 @@ def test_msc_is_a_second_stage_as_released(toy_train, tmp_path):
     trained = train(config, tmp_path / "two", dataset=toy_train, progress=False)
     after = trained.state_dict()
     for name, value in after.items():
-        if name.startswith(("msc.", "fc8.")):
+        if is_new_layer(name):
             assert not torch.equal(value, model.state_dict()[name]), name
         else:  # the backbone, fc6 and fc7 are untouched
             assert torch.equal(value, before[name]), name
@@ -394,3 +397,53 @@ def test_each_variant_trains_on_its_released_crop_unless_told():
     assert TrainConfig.fast(variant="DeepLab").crop == 97  # fast mode's, for every variant
     with pytest.raises(ValueError, match="unknown DeepLab variant"):
         TrainConfig(variant="DeepLab-3x3")
+
+
+def _as_format_3(path: Path, monkeypatch) -> None:
+    """Rewrite the checkpoint at ``path`` as the package wrote it before the head became a
+    module (format 3: keys "fc6.weight", ASPP's "fc6.2.weight")."""
+    from deeplab_edu import checkpoint
+
+    state = {k: v for k, v in load_checkpoint(path).items() if k not in ("format", "sha256")}
+    old = {}
+    for name, tensor in state["model"].items():
+        parts = name.split(".")
+        if parts[0] == "head":
+            parts = parts[1:]
+            if parts[0] == "branches":  # branches.2.fc6.weight -> fc6.2.weight
+                parts = [parts[2], parts[1], parts[3]]
+        old[".".join(parts)] = tensor
+    state["model"] = old
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "FORMAT_VERSION", 3)
+        save_checkpoint(state, path)
+
+
+@pytest.mark.parametrize("variant", ["DeepLab-LargeFOV", "DeepLab-ASPP-256"])
+def test_checkpoints_from_before_the_head_module_load_renamed(
+    variant, toy_train, tmp_path, monkeypatch
+):
+    config = tiny(variant=variant, iterations=4)
+    reference = train(config, tmp_path / "a", dataset=toy_train, progress=False)
+
+    def stop(iteration, loss):
+        if iteration == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "b", dataset=toy_train, on_step=stop, progress=False)
+    path = tmp_path / "b" / "checkpoint.pt"
+    _as_format_3(path, monkeypatch)
+    state = load_checkpoint(path)
+    assert state["format"] == 3 and "fc6.weight" not in state["model"]
+    model = build_model(config)
+    model.load_state_dict(state["model"])  # renamed on loading: the same network
+    if variant == "DeepLab-LargeFOV":  # its parameters keep their order: it resumes exactly
+        resumed = train(config, tmp_path / "b", resume=True, dataset=toy_train, progress=False)
+        for (name, a), b in zip(
+            reference.state_dict().items(), resumed.state_dict().values(), strict=True
+        ):
+            assert torch.equal(a, b), name
+    else:  # ASPP's parameters come in another order now: its optimiser state does not fit
+        with pytest.raises(ValueError, match="before the head became a module.*cannot be resumed"):
+            train(config, tmp_path / "b", resume=True, dataset=toy_train, progress=False)

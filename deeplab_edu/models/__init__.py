@@ -10,13 +10,15 @@
 
 from deeplab_edu.models.atrous import atrous_conv1d, atrous_conv2d, im2col_atrous
 from deeplab_edu.models.deeplab import (
-    NEW_LAYER_PREFIXES,
+    ASPP,
     PAPER_VARIANTS,
     VARIANTS,
     DeepLab,
+    Head,
     MultiScaleHead,
     Variant,
     deeplab,
+    is_new_layer,
     upsample_scores,
     variant,
     vgg16_fully_convolutional,
@@ -36,12 +38,13 @@ from deeplab_edu.models.vgg import (
 )
 
 __all__ = [
-    "NEW_LAYER_PREFIXES",
+    "ASPP",
     "OUTPUT_STRIDE",
     "PAPER_VARIANTS",
     "VARIANTS",
     "VGG16_CFG",
     "DeepLab",
+    "Head",
     "Layer",
     "MultiScaleHead",
     "Variant",
@@ -49,6 +52,7 @@ __all__ = [
     "atrous_conv2d",
     "decimation_taps",
     "deeplab",
+    "is_new_layer",
     "im2col_atrous",
     "load_vgg16",
     "output_size",

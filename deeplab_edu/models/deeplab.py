@@ -51,9 +51,14 @@ from deeplab_edu.models.field import (
 from deeplab_edu.models.vgg import FC_CHANNELS, IMAGENET_CLASSES, VGG16_CFG, layer_names
 
 MSC_PREFIX = "msc."  # the multi-scale branches and their classifier (DeepLab-MSc's second stage)
-# the layers DeepLab adds to VGG-16: "fc8.weight" (x10 learning rate), ASPP's "fc8.<branch>.*",
-# DeepLab-MSc's "msc.*"
-NEW_LAYER_PREFIXES = ("fc8.", MSC_PREFIX)
+
+
+def is_new_layer(name: str) -> bool:
+    """Whether parameter ``name`` belongs to a layer DeepLab adds to VGG-16 (x10 learning rate,
+    not taken from ImageNet): fc8 of every branch ("head.fc8.weight", ASPP's
+    "head.branches.2.fc8.bias") and DeepLab-MSc's multi-scale head ("msc.*")."""
+    return name.startswith(MSC_PREFIX) or "fc8" in name.split(".")
+
 
 _MAX_S2 = Layer("max", kernel=3, stride=2, padding=1)
 _MAX_S1 = Layer("max", kernel=3, stride=1, padding=1)
@@ -214,20 +219,69 @@ class MultiScaleHead(nn.Module):
         return self.classifier(features)  # (B, C, h, w)
 
 
-class DeepLab(nn.Module):
-    """A DeepLab network (or the fully convolutional VGG-16 it starts from).
+class Head(nn.Module):
+    """VGG-16's fully connected layers as convolutions, on one branch: fc6 (atrous) -> ReLU ->
+    dropout -> fc7 (1x1) -> ReLU -> dropout -> fc8 (1x1, the new classifier).
 
-    With one branch (DeepLab v1) fc6, fc7 and fc8 are convolutions, with state-dict keys
-    "fc6.weight", ...; with several (ASPP) each is an ``nn.ModuleList`` holding one convolution
-    per branch, keys "fc6.0.weight" .. "fc8.3.bias" (:meth:`heads` pairs them up).
+    Args:
+        in_channels: pool5's channels.
+        channels: fc6's and fc7's (4096 in VGG-16, 1024 in LargeFOV, times the width).
+        num_classes: fc8's.
+        kernel, rate, padding: fc6's kernel size, atrous rate and zero padding.
+        dropout: the probability of both dropouts (0.5 in the paper).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        num_classes: int,
+        *,
+        kernel: int,
+        rate: int,
+        padding: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.fc6 = nn.Conv2d(in_channels, channels, kernel, padding=padding, dilation=rate)
+        self.drop6 = nn.Dropout(dropout)
+        self.fc7 = nn.Conv2d(channels, channels, 1)
+        self.drop7 = nn.Dropout(dropout)
+        self.fc8 = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """pool5's output ``(B, C_in, h, w)`` -> class scores ``(B, num_classes, h, w)``."""
+        y = self.drop6(F.relu(self.fc6(x)))  # (B, channels, h, w)
+        y = self.drop7(F.relu(self.fc7(y)))  # (B, channels, h, w)
+        return self.fc8(y)
+
+
+class ASPP(nn.Module):
+    """DeepLab v2's atrous spatial pyramid pooling: a :class:`Head` per fc6 rate on the same
+    pool5 features, their class scores summed."""
+
+    def __init__(self, branches: Iterable[Head]) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """pool5's output -> the sum of the branches' class scores."""
+        scores = [branch(x) for branch in self.branches]
+        return sum(scores[1:], scores[0])
+
+
+class DeepLab(nn.Module):
+    """A DeepLab network (or the fully convolutional VGG-16 it starts from): ``features``
+    (conv1_1 .. pool5) and ``head``, one :class:`Head` (DeepLab v1, state-dict keys
+    "head.fc6.weight", ...) or an :class:`ASPP` of several ("head.branches.0.fc6.weight", ...).
 
     Attributes:
         variant: the variant's name, e.g. "DeepLab-LargeFOV".
         config: its :class:`Variant`.
         width: the channel multiplier (1.0 = the paper's network).
         features: conv1_1 .. pool5 (and LargeFOV's extra average pooling "pool5a").
-        fc6, fc7: the convolutionalised fully connected layers, initialised from VGG-16.
-        fc8: the new classifier (trained with 10x the learning rate).
+        head: fc6, fc7 (the convolutionalised fully connected layers, initialised from VGG-16)
+            and fc8 (the new classifier, trained with 10x the learning rate), on every branch.
         msc: the multi-scale branches and their classifier (:class:`MultiScaleHead`), or None;
             their scores are added to fc8's (to the sum of the branches' for ASPP).
         label_offset: cell ``i`` scores pixel ``8 i + label_offset`` (0 with 3x3 poolings; 1
@@ -268,14 +322,19 @@ class DeepLab(nn.Module):
             pool = config.avg_pool
             layers["pool5a"] = nn.AvgPool2d(pool.kernel, pool.stride, pool.padding)
         self.features = nn.Sequential(layers)
-        fc, k, branches = scaled(config.fc_channels, width), config.fc6_kernel, config.branches
-        self.fc6 = _one_or_list(
-            nn.Conv2d(channels, fc, k, padding=config.fc6_padding * m, dilation=config.fc6_rate * m)
-            for m in branches
-        )
-        self.drop6 = nn.Dropout(config.dropout)
-        self.fc7 = _one_or_list(nn.Conv2d(fc, fc, 1) for _ in branches)
-        self.drop7 = nn.Dropout(config.dropout)
+        heads = [
+            Head(
+                channels,
+                scaled(config.fc_channels, width),
+                num_classes,
+                kernel=config.fc6_kernel,
+                rate=config.fc6_rate * m,
+                padding=config.fc6_padding * m,
+                dropout=config.dropout,
+            )
+            for m in config.branches
+        ]
+        self.head: Head | ASPP = heads[0] if len(heads) == 1 else ASPP(heads)
         self.msc = (
             MultiScaleHead(
                 tap_channels[:5],
@@ -287,17 +346,14 @@ class DeepLab(nn.Module):
             if msc
             else None
         )
-        self.fc8 = _one_or_list(nn.Conv2d(fc, num_classes, 1) for _ in branches)
         self.label_offset = math.ceil(first_centre(self.layers()))
         self.reset_parameters()
 
-    def heads(self) -> list[tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]]:
-        """fc6, fc7 and fc8 of every parallel branch: one for v1, one per rate for ASPP."""
-        head = tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]
-        if isinstance(self.fc6, nn.ModuleList):  # ASPP: one convolution per branch in each
-            columns = [cast(nn.ModuleList, layer) for layer in (self.fc6, self.fc7, self.fc8)]
-            return [cast(head, branch) for branch in zip(*columns, strict=True)]
-        return [cast(head, (self.fc6, self.fc7, self.fc8))]
+    def heads(self) -> list[Head]:
+        """The :class:`Head` of every parallel branch: one for v1, one per rate for ASPP."""
+        if isinstance(self.head, ASPP):
+            return [cast(Head, branch) for branch in self.head.branches]
+        return [self.head]
 
     def reset_parameters(self) -> None:
         """Initialise as if no VGG-16 weights were loaded: convolutions as torchvision's VGG
@@ -305,19 +361,31 @@ class DeepLab(nn.Module):
         and the multi-scale head as the released DeepLab-MSc configuration does
         (:data:`MSC_BRANCH_STD`, :data:`MSC_POOL4_FC_STD`, :data:`MSC_CLASSIFIER_STD`): small,
         so that stage two starts close to the stage-one network."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        for _, _, fc8 in self.heads():
-            nn.init.normal_(fc8.weight, std=0.01)
+        for conv in self._convolutions():
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+        for head in self.heads():
+            nn.init.normal_(head.fc8.weight, std=0.01)
         if self.msc is not None:
             for tap, branch in enumerate(self.msc.branches):  # image, pool1, ..., pool4
                 conv, fc = (m for m in branch.modules() if isinstance(m, nn.Conv2d))  # 3x3, 1x1
                 nn.init.normal_(conv.weight, std=MSC_BRANCH_STD)
                 nn.init.normal_(fc.weight, std=MSC_POOL4_FC_STD if tap == 4 else MSC_BRANCH_STD)
             nn.init.normal_(self.msc.classifier.weight, std=MSC_CLASSIFIER_STD)
+
+    def _convolutions(self) -> list[nn.Conv2d]:
+        """Every convolution, in the order the random initialisation draws them: the features,
+        every branch's fc6, every fc7, the multi-scale head's, every fc8 (the order of the
+        networks the package ships, trained before the head became a module)."""
+        heads, msc = self.heads(), [] if self.msc is None else list(self.msc.modules())
+        return [
+            *(m for m in self.features.modules() if isinstance(m, nn.Conv2d)),
+            *(head.fc6 for head in heads),
+            *(head.fc7 for head in heads),
+            *(m for m in msc if isinstance(m, nn.Conv2d)),
+            *(head.fc8 for head in heads),
+        ]
 
     def layers(self) -> list[Layer]:
         """The network as a list of :class:`~deeplab_edu.models.field.Layer` (for the
@@ -326,7 +394,7 @@ class DeepLab(nn.Module):
         For ASPP, fc6 is the widest branch's (rate 24): the branches are centred on the same
         cell and their scores summed, so the network sees the union of their fields, the widest.
         """
-        fc6 = max((fc6 for fc6, _, _ in self.heads()), key=lambda conv: conv.dilation[0])
+        fc6 = max((head.fc6 for head in self.heads()), key=lambda conv: conv.dilation[0])
         out = []
         for name, module in [*self.features.named_children(), ("fc6", fc6)]:
             if isinstance(module, nn.Conv2d):
@@ -356,8 +424,8 @@ class DeepLab(nn.Module):
                 f"as_sequential: {self.variant}'s {len(self.config.branches)} parallel "
                 "branches (ASPP) are not a sequential network; expected one branch"
             )
-        head = [self.fc6, nn.ReLU(), self.fc7, nn.ReLU(), self.fc8]
-        return nn.Sequential(*self.features, *head)
+        (head,) = self.heads()
+        return nn.Sequential(*self.features, head.fc6, nn.ReLU(), head.fc7, nn.ReLU(), head.fc8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Scores at the output stride (8 for DeepLab, 32 for VGG-16).
@@ -381,12 +449,7 @@ class DeepLab(nn.Module):
             x = module(x)
             if name in ("pool1", "pool2", "pool3", "pool4"):
                 taps.append(x)
-        branches = []
-        for fc6, fc7, fc8 in self.heads():  # one for v1, one per rate for ASPP
-            y = self.drop6(F.relu(fc6(x)))  # (B, 4096, h, w)
-            y = self.drop7(F.relu(fc7(y)))  # (B, 4096, h, w)
-            branches.append(fc8(y))  # (B, C, h, w)
-        scores = sum(branches[1:], branches[0])  # (B, C, h, w): ASPP sums its branches
+        scores = self.head(x)  # (B, C, h, w): ASPP sums its branches'
         if self.msc is not None:
             scores = scores + self.msc(taps)  # (B, C, h, w): fc8 over [fc7, 640 MSc channels]
         return scores
@@ -406,13 +469,6 @@ class DeepLab(nn.Module):
         scores = self.forward(x)  # (B, C, h, w)
         size = (x.shape[-2], x.shape[-1])
         return upsample_scores(scores, size, offset=self.label_offset)  # (B, C, H, W)
-
-
-def _one_or_list(convs: Iterable[nn.Conv2d]) -> nn.Module:
-    """One branch's layer itself (v1's keys "fc6.weight"), several as an ``nn.ModuleList``
-    (ASPP's "fc6.0.weight", "fc6.1.weight", ...)."""
-    convs = list(convs)
-    return convs[0] if len(convs) == 1 else nn.ModuleList(convs)
 
 
 def upsample_scores(scores: torch.Tensor, size: tuple[int, int], offset: int = 0) -> torch.Tensor:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from deeplab_edu.checkpoint import load_checkpoint
-from deeplab_edu.models.deeplab import MSC_PREFIX, NEW_LAYER_PREFIXES, DeepLab
+from deeplab_edu.models.deeplab import MSC_PREFIX, DeepLab, is_new_layer
 from deeplab_edu.models.vgg import load_vgg16, vgg16_imagenet_state_dict
 
 
@@ -71,9 +71,7 @@ def load_trained_weights(model: DeepLab, path: str | Path) -> None:
         name: tensor
         for name, tensor in state["model"].items()
         if not (
-            name.startswith(NEW_LAYER_PREFIXES)
-            and name in own
-            and tensor.shape[:1] != own[name].shape[:1]
+            is_new_layer(name) and name in own and tensor.shape[:1] != own[name].shape[:1]
         )  # a classifier for other classes
     }
     try:

@@ -17,6 +17,7 @@ a checksum, into ``runtime.data_root() / "weights"``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -116,12 +117,20 @@ def channel_indices(total: int, keep: int) -> torch.Tensor:
     return torch.arange(keep) * total // keep
 
 
+class Branch(Protocol):
+    """The fully connected layers of one branch, as convolutions."""
+
+    fc6: nn.Conv2d
+    fc7: nn.Conv2d
+    fc8: nn.Conv2d
+
+
 class Backbone(Protocol):
     """What :func:`load_vgg16` fills: a DeepLab network (or the stride-32 VGG-16)."""
 
     features: nn.Sequential
 
-    def heads(self) -> list[tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]]:
+    def heads(self) -> Sequence[Branch]:
         """fc6, fc7 and fc8 of every parallel branch."""
         ...
 
@@ -171,7 +180,8 @@ def load_vgg16(model: Network, state_dict: dict[str, torch.Tensor]) -> Network:
         fc6 = fc6.reshape(fc6.shape[0], -1, FC6_KERNEL, FC6_KERNEL)  # (4096, 512, 7, 7)
         fc7 = state_dict[f"{keys['fc7']}.weight"]  # (4096, 4096)
         fc8 = state_dict[f"{keys['fc8']}.weight"]
-        for conv6, conv7, conv8 in model.heads():  # one head, or ASPP's branches alike
+        for head in model.heads():  # one head, or ASPP's branches alike
+            conv6, conv7, conv8 = head.fc6, head.fc7, head.fc8
             taps = torch.tensor(decimation_taps(conv6.kernel_size[0]))
             keep6 = channel_indices(fc6.shape[0], conv6.out_channels)
             weight6 = fc6[keep6][:, keep_in][:, :, taps][:, :, :, taps]  # (C6, C5, k, k)
