@@ -4,6 +4,7 @@ edition's static check, on small notebooks made here."""
 from __future__ import annotations
 
 import nbformat
+import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
 from tools.chapters import differences, student_leaks
@@ -88,3 +89,34 @@ def test_every_chapter_runs_without_its_solutions() -> None:
 
     for chapter in chapters():
         assert student_leaks(nbformat.read(chapter, as_version=4)) == [], chapter.name
+
+
+def test_the_student_edition_keeps_no_graded_answer() -> None:
+    """The package's code of a graded function, shown with show_source before the exercise,
+    is left out of the student edition (cells tagged "answer"), and an untagged one is found."""
+    import inspect
+
+    from deeplab_edu.exercises import EXERCISES
+    from deeplab_edu.train import segmentation_loss
+    from tools.student_edition import ANSWER_NOTE, ANSWERS, answer_leaks, chapters, student_notebook
+
+    assert set(ANSWERS) == set(EXERCISES)
+    for chapter in chapters():
+        notebook = nbformat.read(chapter, as_version=4)
+        student = student_notebook(notebook)  # raises if an untagged cell shows an answer
+        assert answer_leaks(student) == [], chapter.name
+    shown = new_code_cell("show_source(segmentation_loss)")
+    shown.outputs = [
+        nbformat.v4.new_output(
+            "execute_result", data={"text/plain": inspect.getsource(segmentation_loss)}
+        )
+    ]
+    planted = new_notebook(cells=[new_code_cell("x = 1"), shown])
+    assert answer_leaks(planted) == [
+        "cell 1 shows segmentation_loss (training.segmentation_loss's answer)"
+    ]
+    with pytest.raises(ValueError, match="tag them 'answer'"):
+        student_notebook(planted)
+    shown.metadata["tags"] = ["answer"]
+    kept = student_notebook(planted).cells
+    assert [c.source for c in kept] == ["x = 1", ANSWER_NOTE]

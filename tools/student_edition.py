@@ -4,8 +4,11 @@ Usage: ``python -m tools.student_edition [OUT]`` writes ``OUT/student`` and ``OU
 (``make student``: ``OUT = _build``).
 
 A solution is a cell tagged ``solution``: the folded *Solutions* text at the end of a chapter
-and the worked code of its graded exercise. The student edition drops exactly those cells and
-keeps everything else, the graded exercises' checker cells included (``deeplab_edu.exercises``
+and the worked code of its graded exercise. An answer is a cell tagged ``answer``: one that shows
+the package's own code of a graded exercise's function (``show_source``), which the chapter
+explains before the exercise asks for it; :func:`answer_leaks` finds any such cell left
+untagged. The student edition drops exactly those two kinds of cells and keeps everything else,
+the graded exercises' checker cells included (``deeplab_edu.exercises``
 ships with the package, so the checks run wherever the package is installed). The instructor's
 copy, ``OUT/instructor``, is the chapters unchanged. The Colab check (``make colab``) runs
 the student edition, so every chapter is known to run without its solutions.
@@ -13,15 +16,44 @@ the student edition, so every chapter is known to run without its solutions.
 
 from __future__ import annotations
 
+import inspect
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import nbformat
 
+from deeplab_edu import exercises, metrics, train
+from deeplab_edu.crf import lattice_build, meanfield
+from deeplab_edu.data import transforms
+from deeplab_edu.models import atrous
+from deeplab_edu.models.deeplab import upsample_scores
+from deeplab_edu.viz import core_source
+
 REPO = Path(__file__).resolve().parents[1]
 SOLUTION_TAG = "solution"
+ANSWER_TAG = "answer"
+ANSWER_NOTE = (
+    "*The package's code of this step is left out of the student edition: you write it in this "
+    "chapter's graded exercise, and the instructor's copy shows it.*"
+)
+# the package's code that answers each graded exercise
+ANSWERS: dict[str, tuple[Callable, ...]] = {
+    "data.subsample_labels": (transforms.subsample_labels,),
+    "atrous.conv2d": (atrous.atrous_conv2d, atrous.im2col_atrous),
+    "network.upsample_scores": (upsample_scores,),
+    "training.segmentation_loss": (train.segmentation_loss,),
+    "metrics.mean_iou": (
+        metrics.ConfusionMatrix.update,
+        metrics.ConfusionMatrix.iou,
+        metrics.ConfusionMatrix.miou,
+    ),
+    "crf.mean_field": (meanfield.iterate, meanfield.update),
+    "permutohedral.elevate": (lattice_build.elevate,),
+}
+assert set(ANSWERS) == set(exercises.EXERCISES), "every graded exercise names its answer"
 
 
 def chapters() -> list[Path]:
@@ -32,22 +64,66 @@ def chapters() -> list[Path]:
 
 
 def is_solution(cell: nbformat.NotebookNode) -> bool:
-    """Whether a cell is (part of) a solution."""
-    return SOLUTION_TAG in cell.get("metadata", {}).get("tags", [])
+    """Whether a cell is (part of) a solution, or shows the package's answer: the cells the
+    student edition leaves out."""
+    tags = cell.get("metadata", {}).get("tags", [])
+    return SOLUTION_TAG in tags or ANSWER_TAG in tags
+
+
+def _code_lines(fn: Callable) -> set[str]:
+    """The distinctive lines of ``fn``'s code as ``show_source`` shows it, after its argument
+    checks: statements of 20 characters or more, stripped (no comment or blank line)."""
+    source = core_source(inspect.getsource(fn))
+    body = source.split("(argument checks left out", 1)[-1].splitlines()[1:]
+    return {line.strip() for line in body if len(line.strip()) >= 20 and line.strip()[0] != "#"}
+
+
+def answer_leaks(notebook: nbformat.NotebookNode) -> list[str]:
+    """Cells the student edition keeps that show a graded exercise's answer: three of the
+    distinctive lines of the package's function (all of them, if fewer) in the cell's source or
+    its text outputs."""
+    found = []
+    for number, cell in enumerate(notebook.cells):
+        if is_solution(cell):
+            continue
+        text = cell.source + "".join(
+            "".join(output.get("text", "")) + "".join(output.get("data", {}).get("text/plain", ""))
+            for output in cell.get("outputs", [])
+        )
+        shown = set(line.strip() for line in text.splitlines())
+        for exercise, functions in ANSWERS.items():
+            for fn in functions:
+                lines = _code_lines(fn)
+                if len(lines & shown) >= min(3, len(lines)):
+                    found.append(f"cell {number} shows {fn.__qualname__} ({exercise}'s answer)")
+    return found
 
 
 def student_notebook(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """A copy of ``notebook`` without its solution cells.
+    """A copy of ``notebook`` without its solution cells, each run of answer cells replaced by
+    one line saying why the code is not there.
 
     Raises:
         ValueError: if an untagged cell still holds a *Solutions* block (a solution that the
             edition would leak).
     """
     copy = nbformat.from_dict(notebook)
-    copy.cells = [cell for cell in copy.cells if not is_solution(cell)]
+    cells = []
+    for cell in copy.cells:
+        if ANSWER_TAG in cell.get("metadata", {}).get("tags", []):
+            if not cells or cells[-1].get("metadata", {}).get("placeholder") != ANSWER_TAG:
+                cells.append(
+                    nbformat.v4.new_markdown_cell(ANSWER_NOTE, metadata={"placeholder": ANSWER_TAG})
+                )
+        elif not is_solution(cell):
+            cells.append(cell)
+    copy.cells = cells
     for cell in copy.cells:
         if "<summary>Solutions" in "".join(cell.source):
             raise ValueError(f"an untagged cell holds solutions: {''.join(cell.source)[:80]!r}")
+    leaks = answer_leaks(copy)
+    if leaks:
+        raise ValueError(f"untagged cells show graded answers (tag them {ANSWER_TAG!r}): {leaks}")
     return copy
 
 
