@@ -40,8 +40,8 @@ Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (H, W, 3) uint8, (C,
 
 @dataclass
 class LearnConfig(runtime.ModeConfig):
-    """Step counts and step sizes of the two learned recipes (defaults: full mode, untested:
-    this project has no GPU; fast mode's values are the ones the book measures).
+    """Step counts and step sizes of the two learned recipes: the defaults are full mode's
+    (never run here: the engineering appendix, "On a GPU"), fast mode's the ones the book measures.
 
     ``crf_*``: learning the CRF alone (Adam on its log-weights and compatibilities, one step
     per pass over ``crf_batch`` tuning images). ``joint_*``: fine-tuning network and CRF
