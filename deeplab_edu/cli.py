@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,8 @@ from deeplab_edu.data.download import prepare_voc
 from deeplab_edu.data.toy import ToyConfig
 from deeplab_edu.data.voc import PairedImages
 from deeplab_edu.evaluate import EvalConfig, evaluate
-from deeplab_edu.exercises import EXERCISES, check
+from deeplab_edu.exercises import EXERCISES
+from deeplab_edu.grading import Limits, grade, gradebook_paths, summary, write_gradebook
 from deeplab_edu.models import VARIANTS, vgg16_imagenet_state_dict
 from deeplab_edu.models.deeplab import DeepLab
 from deeplab_edu.outputs import refuse_foreign, refuse_input
@@ -214,12 +215,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search(sub)
     p = sub.add_parser(
         "grade",
-        help="check a student's functions against the package's own",
-        description="Runs the checker of every exercise whose function the file "
-        "defines: " + ", ".join(e.function for e in EXERCISES.values()) + ". "
-        "Exit status 0 if all of them pass, 1 if one does not.",
+        help="grade students' submissions: one process each, a gradebook",
+        description="Grades each submission (a .py file, a student's notebook, or a folder "
+        "of them) in a process of its own, under a time limit and a memory cap: the checker of "
+        "every exercise whose function it defines ("
+        + ", ".join(e.function for e in EXERCISES.values())
+        + "). Prints each report and a summary per exercise; with --out, writes the "
+        "gradebook (CSV and JSON). Exit status 0 if every submission passed every exercise, "
+        "1 otherwise.",
     )
-    p.add_argument("submission", type=Path, help="a Python file defining the functions")
+    p.add_argument("paths", nargs="+", type=Path, help="submission files or folders of them")
+    p.add_argument("--out", type=Path, help="folder for gradebook.csv and gradebook.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing gradebook")
+    p.add_argument(
+        "--time-limit", type=float, default=Limits.seconds, help="seconds per submission"
+    )
+    p.add_argument(
+        "--memory-mb", type=int, default=Limits.memory_mb, help="data memory per submission"
+    )
     return parser
 
 
@@ -339,25 +352,39 @@ def _make_toy(args: argparse.Namespace) -> None:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    path = args.submission
-    if path.suffix != ".py" or not path.is_file():
-        raise UsageError(f"expected a Python file (.py) with the functions, got {path}")
-    spec = importlib.util.spec_from_file_location("submission", path)
-    if spec is None or spec.loader is None:
-        raise UsageError(f"{path} cannot be imported as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as error:  # noqa: BLE001 - the student's file: one line, never a traceback
-        raise UsageError(f"{path} does not run: {type(error).__name__}: {error}") from error
-    found = [e for e in EXERCISES.values() if callable(getattr(module, e.function, None))]
-    if not found:
-        names = ", ".join(e.function for e in EXERCISES.values())
-        raise UsageError(f"{path} defines none of the graded functions ({names})")
-    reports = [check(e.name, getattr(module, e.function)) for e in found]
-    passed = sum(map(bool, reports))
-    print(f"{passed} of {len(reports)} exercises passed")
-    return 0 if passed == len(reports) else 1
+    if args.time_limit <= 0 or args.memory_mb <= 0:
+        raise UsageError(
+            f"expected a positive --time-limit and --memory-mb, got {args.time_limit:g} and "
+            f"{args.memory_mb}"
+        )
+    if args.out is not None and not args.overwrite:
+        gradebook_paths(args.out)  # an existing gradebook: refused before grading, not after
+    with tempfile.TemporaryDirectory(prefix="deeplab-edu-grade-") as work:
+        rows = grade(args.paths, Path(work), Limits(args.time_limit, args.memory_mb))
+    for student in dict.fromkeys(r.student for r in rows):
+        mine = [r for r in rows if r.student == student and r.passed is not None]
+        points = sum(r.points or 0 for r in mine)
+        top = sum(r.max_points or 0 for r in mine)
+        print(
+            f"{student}: {points:g} of {top} points ({sum(map(bool, (r.passed for r in mine)))}"
+            f" of {len(mine)} exercises passed)"
+        )
+        for r in mine:
+            print(f"  {r.exercise}: {'passed' if r.passed else 'not yet'}. {r.feedback}")
+    print("per exercise: passed / submissions, most common first failing case")
+    for line in summary(rows):
+        print(
+            f"  {line['exercise']}: {line['passed']}/{line['submissions']}"
+            + (
+                f"; {line['failing_there']} first failed on {line['most_common_failing_case']}"
+                if line["failing_there"]
+                else ""
+            )
+        )
+    if args.out is not None:
+        for path in write_gradebook(rows, args.out, overwrite=args.overwrite):
+            print(f"gradebook: {path}")
+    return 0 if all(r.passed is not False for r in rows) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

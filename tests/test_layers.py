@@ -31,11 +31,14 @@ LAYERS = {
     "deeplab_edu.crf_training": 4,
     "deeplab_edu.viz": 4,
     "deeplab_edu.exercises": 4,
+    "deeplab_edu.grading": 4,
     "deeplab_edu.cli": 5,
     "deeplab_edu.__main__": 5,
 }
 # the imports allowed inside functions: optional dependencies, named with the reason
-LATE_IMPORTS = {"pydensecrf.densecrf", "IPython.display"}
+# (resource: POSIX only; deeplab_edu.exercises: a refused function's stand-in runs in its own
+# module, and reaches the checker through this import)
+LATE_IMPORTS = {"pydensecrf.densecrf", "IPython.display", "resource", "deeplab_edu.exercises"}
 
 
 def module_name(path: Path) -> str:

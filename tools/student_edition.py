@@ -25,11 +25,7 @@ from pathlib import Path
 
 import nbformat
 
-from deeplab_edu import exercises, metrics, train
-from deeplab_edu.crf import lattice_build, meanfield
-from deeplab_edu.data import transforms
-from deeplab_edu.models import atrous
-from deeplab_edu.models.deeplab import upsample_scores
+from deeplab_edu import exercises
 from deeplab_edu.viz import core_source
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,19 +37,8 @@ ANSWER_NOTE = (
 )
 # the package's code that answers each graded exercise
 ANSWERS: dict[str, tuple[Callable, ...]] = {
-    "data.subsample_labels": (transforms.subsample_labels,),
-    "atrous.conv2d": (atrous.atrous_conv2d, atrous.im2col_atrous),
-    "network.upsample_scores": (upsample_scores,),
-    "training.segmentation_loss": (train.segmentation_loss,),
-    "metrics.mean_iou": (
-        metrics.ConfusionMatrix.update,
-        metrics.ConfusionMatrix.iou,
-        metrics.ConfusionMatrix.miou,
-    ),
-    "crf.mean_field": (meanfield.iterate, meanfield.update),
-    "permutohedral.elevate": (lattice_build.elevate,),
+    name: exercise.answers for name, exercise in exercises.EXERCISES.items()
 }
-assert set(ANSWERS) == set(exercises.EXERCISES), "every graded exercise names its answer"
 
 
 def chapters() -> list[Path]:
