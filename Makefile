@@ -16,7 +16,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # every stage prints how long it took
 timed = start=$$(date +%s); $(1); echo "[time] $(2): $$(( $$(date +%s) - start ))s"
 
-.PHONY: book test lint unit slow slow-beside-chapters model chapters check build browser execute bench gpu-check student clean env
+.PHONY: book test lint unit slow slow-beside-chapters model chapters check build browser execute figures bench gpu-check student clean env
 
 env: $(STAMP)
 
@@ -43,7 +43,8 @@ $(MATHJAX):
 	cd .cache/mathjax/node_modules/mathjax/es5 && cp -r tex-chtml.js input output ui a11y sre adaptors \
 	  $(CURDIR)/.cache/static/mathjax/
 
-# the website from the chapters executed once (fast mode on this machine), execution off
+# the website (the student edition of the chapters executed once, fast mode on this machine),
+# execution off
 book: $(STAMP) $(MATHJAX) chapters
 	$(PY) -m tools.chapters stage $(EXECUTED) $(SITE)
 	$(VENV)/bin/jupyter-book build $(SITE) --path-output . --keep-going
@@ -103,6 +104,7 @@ test: $(STAMP) $(MATHJAX)
 	@$(call timed,$(MAKE) --no-print-directory unit,unit tests (fast tier))
 	@$(call timed,$(MAKE) --no-print-directory slow-beside-chapters,slow tier and chapters)
 	@$(call timed,$(MAKE) --no-print-directory check,checked outputs and student edition)
+	@$(call timed,$(MAKE) --no-print-directory figures,figures for slides)
 	@$(call timed,$(MAKE) --no-print-directory build,strict book build)
 	@$(call timed,$(MAKE) --no-print-directory browser,browser check)
 
@@ -117,9 +119,15 @@ GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
 	$(GPU_PY) -m tools.gpu_check --out benchmarks/results
 
-# the student edition (_build/student: no solution cells) and the instructor's copy
+# the student edition (_build/student: a whole book, no solution; the website is built from it)
+# and the instructor's copy with its key (_build/instructor: on no website)
 student: $(STAMP)
 	$(PY) -m tools.student_edition _build
+
+# every chapter's figures as PNG and SVG for slides (_build/figures/<chapter>/), from the chapters
+# executed by `make chapters` or `make book` (nothing is run again)
+figures: $(STAMP)
+	$(PY) -m tools.figures $(EXECUTED) _build/figures
 
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do $(call timed,$(PY) $$b,$$b); done

@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from deeplab_edu.crf import (
@@ -52,6 +51,7 @@ from deeplab_edu.crf import (
     smoothness_features,
 )
 from deeplab_edu.crf.meanfield import PairwiseMessage
+from deeplab_edu.crf.simulate import resized_scene
 from deeplab_edu.data.voc import read_mask
 
 VOC_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "voc-sample"
@@ -87,14 +87,10 @@ def scenes() -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 
 def resized(image: np.ndarray, mask: np.ndarray, scale: float) -> tuple[np.ndarray, torch.Tensor]:
-    """The photo at ``scale`` times its size (bilinear) and its unaries (nearest mask)."""
-    height, width = round(image.shape[0] * scale), round(image.shape[1] * scale)
-    picture = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-    picture = F.interpolate(picture, size=(height, width), mode="bilinear", align_corners=False)
-    picture = picture[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
-    labels = torch.as_tensor(np.asarray(mask))[None, None].float()
-    labels = F.interpolate(labels, size=(height, width), mode="nearest")[0, 0].long()
-    return picture.numpy(), simulate_unaries(labels, 21, seed=0)
+    """The photo at ``scale`` times its size and its simulated unaries (``resized_scene``)."""
+    size = (round(image.shape[0] * scale), round(image.shape[1] * scale))
+    picture, probs = resized_scene(image, mask, size)
+    return picture.numpy(), probs
 
 
 def crf_labels(item: tuple[np.ndarray, torch.Tensor]) -> torch.Tensor:

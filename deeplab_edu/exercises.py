@@ -419,7 +419,7 @@ def _elevate_cases() -> Iterator[Case]:
             if isinstance(got, torch.Tensor) and got.shape == expected.shape:
                 _plane_and_scale(got, features, what)
             _same(
-                got, expected, f"{what} (the lattice's own basis E and coordinate order)", atol=1e-4
+                got, expected, f"{what} (the lattice's own basis B and coordinate order)", atol=1e-4
             )
 
         yield Case(what, (features,), elevate, judge)

@@ -11,8 +11,10 @@ an explicit call (:func:`seed_everything`).
 - Device: ``cuda`` when a CUDA device is available, else ``cpu``; chosen once per process.
 - Data root (``DEEPLAB_EDU_DATA``): where VOC, the generated teaching set, weights and cached
   runs live. Unset, it is the ``data/`` folder of the source checkout when the package is
-  imported from one (as ``make`` does), else ``./data`` in the current working directory
-  (as on Colab, where the package is pip-installed).
+  imported from one and the current working directory is inside it (as ``make`` does), else
+  ``./data`` in the current working directory (as on Colab, where the package is
+  pip-installed, and for a student whose chapters are in a folder of their own on a machine
+  where the package was installed from a checkout).
 """
 
 from __future__ import annotations
@@ -93,8 +95,9 @@ def data_root() -> Path:
     if raw:
         root = Path(raw).expanduser().resolve()
     else:
-        checkout = _checkout_root()
-        root = checkout / "data" if checkout is not None else Path.cwd() / "data"
+        checkout, here = _checkout_root(), Path.cwd().resolve()
+        inside = checkout is not None and here.is_relative_to(checkout)
+        root = checkout / "data" if checkout is not None and inside else here / "data"
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(
             f"the data root {root} is a file, not a folder: set {DATA_ENV} to a folder"

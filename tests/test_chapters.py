@@ -120,3 +120,45 @@ def test_the_student_edition_keeps_no_graded_answer() -> None:
     shown.metadata["tags"] = ["answer"]
     kept = student_notebook(planted).cells
     assert [c.source for c in kept] == ["x = 1", ANSWER_NOTE]
+
+
+def test_make_figures_exports_each_figure_as_png_and_svg(tmp_path) -> None:
+    """The figures of the executed chapters, numbered in reading order, in both formats; the
+    execution's kernels are configured to store both; a missing chapter or SVG is reported."""
+    import base64
+
+    from tools.chapters import figure_formats
+    from tools.figures import export
+    from tools.student_edition import chapters
+
+    png = base64.b64encode(b"\x89PNG fake").decode()
+    executed = tmp_path / "executed"
+    executed.mkdir()
+    for chapter in chapters():
+        notebook = new_notebook(cells=[new_code_cell("x = 1")])
+        if chapter.stem == "metrics":
+            for svg in ("<svg>a</svg>", "<svg>b</svg>"):
+                cell = new_code_cell("fig")
+                cell.outputs = [
+                    nbformat.v4.new_output(
+                        "display_data", data={"image/png": png, "image/svg+xml": svg}
+                    )
+                ]
+                notebook.cells.append(cell)
+        nbformat.write(notebook, executed / chapter.name)
+    assert export(executed, tmp_path / "figures") == 0
+    written = sorted(p.name for p in (tmp_path / "figures").rglob("*.*"))
+    assert written == ["metrics-1.png", "metrics-1.svg", "metrics-2.png", "metrics-2.svg"]
+    assert (tmp_path / "figures" / "metrics" / "metrics-2.svg").read_text() == "<svg>b</svg>"
+    assert (tmp_path / "figures" / "metrics" / "metrics-1.png").read_bytes() == b"\x89PNG fake"
+    (executed / "metrics.ipynb").write_text(
+        (executed / "metrics.ipynb").read_text().replace('"image/svg+xml"', '"text/html"')
+    )
+    assert export(executed, tmp_path / "figures") == 1  # a figure without its SVG
+    (executed / "crf.ipynb").unlink()
+    assert export(executed, tmp_path / "figures") == 1  # a chapter not executed
+    config = figure_formats(tmp_path / "ipython") / "profile_default" / "ipython_kernel_config.py"
+    assert config.read_text() in (
+        "c.InlineBackend.figure_formats = {'png', 'svg'}\n",
+        "c.InlineBackend.figure_formats = {'svg', 'png'}\n",
+    )

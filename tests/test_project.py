@@ -13,7 +13,14 @@ import yaml
 from packaging.requirements import Requirement
 
 from deeplab_edu.exercises import EXERCISES
-from tools.student_edition import ANSWER_NOTE, chapters, is_solution, student_notebook, write
+from tools.student_edition import (
+    ANSWER_NOTE,
+    answer_leaks,
+    chapters,
+    is_solution,
+    student_notebook,
+    write,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((REPO / "book").glob("*.ipynb"))
@@ -148,11 +155,18 @@ def test_core_chapters_have_a_graded_exercise_and_its_solution() -> None:
     )
 
 
-def test_student_edition_keeps_every_exercise_and_no_solution(tmp_path) -> None:
-    written = write(tmp_path)
+@pytest.fixture(scope="module")
+def editions(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """``make student``'s output: the editions' folder and the student chapters written."""
+    out = tmp_path_factory.mktemp("editions")
+    return out, write(out)
+
+
+def test_student_edition_keeps_every_exercise_and_no_solution(editions) -> None:
+    tmp_path, written = editions
     assert [p.name for p in written] == [p.name for p in chapters()]
     assert sorted(p.name for p in (tmp_path / "instructor").iterdir()) == sorted(
-        p.name for p in written
+        [p.name for p in written] + ["key.ipynb"]
     )
     for path in written:
         original = nbformat.read(REPO / "book" / path.name, as_version=4)
@@ -171,6 +185,74 @@ def test_student_edition_keeps_every_exercise_and_no_solution(tmp_path) -> None:
     )
     with pytest.raises(ValueError, match="an untagged cell holds solutions"):
         student_notebook(leaky)
+
+
+LINK = re.compile(r"\]\(([\w./-]+\.(?:ipynb|md))(?:#[\w-]*)?\)")
+
+
+def test_the_student_edition_is_a_whole_book_without_solutions(editions) -> None:
+    """Every page of the table of contents and every page a chapter or page links to is in the
+    student edition; no cell of it is a solution or shows a graded function's code (source or
+    outputs); its Colab buttons open the student branch; the key is not in it."""
+    site = editions[0] / "student"
+    toc = re.findall(r"^\s*(?:- file|root): (\S+)", (site / "_toc.yml").read_text(), flags=re.M)
+    pages = [p for p in (site / "book").iterdir() if p.suffix in (".md", ".ipynb")]
+    assert {f"book/{p.stem}" for p in pages} == set(toc)
+    for page in pages:
+        text = page.read_text()
+        for target in LINK.findall(text):
+            assert (page.parent / target).is_file(), f"{page.name} links to missing {target}"
+        if page.suffix == ".ipynb":
+            notebook = nbformat.read(page, as_version=4)
+            assert not any(is_solution(c) for c in notebook.cells), page.name
+            assert answer_leaks(notebook) == [], page.name
+            assert "<summary>Solutions" not in text, page.name
+    assert "branch: student-edition" in (site / "_config.yml").read_text()
+    assert not list(site.rglob("key.ipynb"))
+
+
+def test_the_key_holds_every_solution_and_model_answer(editions) -> None:
+    key = nbformat.read(editions[0] / "instructor" / "key.ipynb", as_version=4)
+    text = "\n".join(c.source for c in key.cells)
+    for exercise in EXERCISES.values():
+        assert f"def {exercise.function}(" in text, exercise.name  # the worked solution
+    solutions = [
+        c.source
+        for chapter in chapters()
+        for c in nbformat.read(chapter, as_version=4).cells
+        if c.cell_type == "markdown" and is_solution(c)
+    ]
+    assert solutions and all(s in text for s in solutions)
+    # the questions' model answers: after "Graded exercise:" in three chapters' solutions
+    answered = [
+        s for s in solutions if "Graded exercise: the worked solution is the next cell. " in s
+    ]
+    assert len(answered) >= sum(e.question is not None for e in EXERCISES.values())
+
+
+def test_publish_commits_the_student_edition_to_its_branch(tmp_path) -> None:
+    import subprocess
+
+    from tools.student_edition import STUDENT_BRANCH, publish
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    (tmp_path / "work.txt").write_text("a teacher's file")
+    git("add", "work.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "start")
+    first = publish(tmp_path)
+    second = publish(tmp_path)
+    assert git("rev-parse", STUDENT_BRANCH) == second
+    assert git("rev-parse", f"{second}^") == first  # each publication on top of the last
+    names = git("ls-tree", "--name-only", f"{STUDENT_BRANCH}:book").splitlines()
+    assert names == sorted(c.name for c in chapters())
+    published = nbformat.reads(git("show", f"{STUDENT_BRANCH}:book/crf.ipynb"), as_version=4)
+    assert not any(is_solution(c) for c in published.cells)
+    assert git("rev-parse", "--abbrev-ref", "HEAD") == "main" and git("status", "--short") == ""
 
 
 TIME = re.compile(r"\*\*Time to run:\*\* about (\d+ (?:s|min))")
@@ -215,3 +297,46 @@ def test_pre_commit_runs_the_lint_target_and_lint_type_checks_the_package() -> N
     assert "ruff check" in lint and "ruff format --check" in lint and "mypy" in lint
     settings = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mypy"]
     assert settings["files"] == ["deeplab_edu"]
+
+
+BANDWIDTH_AS_THETA = re.compile(r"\\\\?theta_\{?\\\\?(alpha|beta|gamma)")
+
+
+def test_one_notation_in_the_chapters_and_the_package() -> None:
+    """The bandwidths are sigma (the paper's), theta is kept for the potentials: no chapter's text
+    and no docstring or comment's equation writes theta for a bandwidth; the glossary lists every
+    bandwidth with its name in the code, and is in the table of contents."""
+    found = []
+    for chapter in CHAPTERS:
+        for index, cell in enumerate(json.loads(chapter.read_text())["cells"]):
+            if cell["cell_type"] == "markdown" and BANDWIDTH_AS_THETA.search(
+                "".join(cell["source"])
+            ):
+                found.append(f"{chapter.name} cell {index}")
+    for page in sorted((REPO / "book").glob("*.md")):
+        if BANDWIDTH_AS_THETA.search(page.read_text()):
+            found.append(page.name)
+    for path in sorted((REPO / "deeplab_edu").rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "$" in line and BANDWIDTH_AS_THETA.search(line):
+                found.append(f"{path.name}:{number}")
+    assert found == []
+    glossary = (REPO / "book" / "notation.md").read_text()
+    for greek in ("alpha", "beta", "gamma"):
+        assert f"$\\sigma_\\{greek}$" in glossary and f"`theta_{greek}`" in glossary
+    assert "book/notation" in (REPO / "_toc.yml").read_text()
+
+
+def test_the_teaching_kits_misconception_boxes() -> None:
+    """The atrous, metrics and CRF chapters each hold a box of at least three misconceptions."""
+    for stem in ("atrous", "metrics", "crf"):
+        cells = json.loads((REPO / "book" / f"{stem}.ipynb").read_text())["cells"]
+        boxes = [
+            "".join(c["source"])
+            for c in cells
+            if c["cell_type"] == "markdown"
+            and "> **Common misconceptions**" in "".join(c["source"])
+        ]
+        assert len(boxes) == 1, stem
+        box = boxes[0].split("> **Common misconceptions**", 1)[1].split("\n\n", 1)[0]
+        assert box.count('\n> - *"') >= 3, stem

@@ -52,7 +52,14 @@ def test_data_root_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 def test_data_root_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("DEEPLAB_EDU_DATA", raising=False)
     repo = Path(runtime.__file__).resolve().parents[1]
-    assert runtime.data_root() == repo / "data"  # a source checkout: its data/ folder
+    monkeypatch.chdir(repo / "book")
+    assert runtime.data_root() == repo / "data"  # in a source checkout: its data/ folder
+    # a student's own folder, the package installed from a checkout (editable): data beside
+    # the student's chapters, not in the shared checkout
+    student = tmp_path / "alice" / "chapters"
+    student.mkdir(parents=True)
+    monkeypatch.chdir(student)
+    assert runtime.data_root() == student / "data"
     monkeypatch.setattr(runtime, "_checkout_root", lambda: None)  # pip-installed (Colab)
     monkeypatch.chdir(tmp_path)
     assert runtime.data_root() == tmp_path / "data"

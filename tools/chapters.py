@@ -15,9 +15,9 @@ Usage (the Makefile's targets call these):
   the executed chapters with the outputs committed in ``book/`` (nbval's ``--nbval-lax``
   semantics, :func:`differences`), and check statically that the student edition runs: no
   kept cell uses a name that only a solution cell defines (:func:`student_leaks`).
-- ``python -m tools.chapters stage OUT SITE``: the book's source with the executed chapters in
-  place of the committed ones, which the strict build turns into the website (execution off:
-  the site shows exactly what was checked).
+- ``python -m tools.chapters stage OUT SITE``: the book's source with the student edition of
+  the executed chapters in place of the committed ones, which the strict build turns into the
+  website (execution off: the site shows exactly what was checked, and no solution).
 - ``python -m tools.chapters write-back OUT``: ``make execute``, the executed chapters' outputs
   copied into ``book/``.
 
@@ -44,7 +44,8 @@ from nbclient import NotebookClient
 from nbval.plugin import coalesce_streams
 
 from tools import claims
-from tools.student_edition import chapters, is_solution
+from tools.figures import FIGURE_FORMATS
+from tools.student_edition import chapters, is_solution, student_book
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
@@ -60,6 +61,7 @@ SKIPPED_KEYS = {
     "application/vnd.jupyter.widget-view+json",
     "image/png",
     "image/jpeg",
+    "image/svg+xml",
 }
 
 
@@ -101,6 +103,15 @@ def jobs() -> list[list[Path]]:
     return [group for group in (shared, *long) if group] + [[c] for c in by_stem.values()]
 
 
+def figure_formats(ipython_dir: Path) -> Path:
+    """An IPython folder whose kernels store every inline figure in
+    :data:`tools.figures.FIGURE_FORMATS` (the SVG is for ``make figures``)."""
+    config = ipython_dir / "profile_default" / "ipython_kernel_config.py"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f"c.InlineBackend.figure_formats = {set(FIGURE_FORMATS)!r}\n")
+    return ipython_dir
+
+
 def _run_job(group: list[Path], folder: Path, out: Path) -> list[tuple[str, str, float]]:
     """Execute ``group`` in ``folder``, one chapter after another; write each into ``out``."""
     results = []
@@ -138,6 +149,7 @@ def execute(out: Path) -> int:
             os.environ.pop(name, None)
         os.environ["PYTHONPATH"] = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
         os.environ.update(OMP_NUM_THREADS=THREADS, MKL_NUM_THREADS=THREADS)
+        os.environ["IPYTHONDIR"] = str(figure_formats(scratch / "ipython"))
         began = time.perf_counter()
         # the teaching set, generated once by the installed package as a first chapter would,
         # then linked into every chapter's ./data (it takes seconds to make)
@@ -279,25 +291,27 @@ def check(out: Path) -> int:
 
 
 def stage(out: Path, site: Path) -> int:
-    """Write the book's source into ``site`` with the executed chapters of ``out``."""
+    """Write the book's source into ``site``: the student edition of the executed chapters of
+    ``out`` (:func:`tools.student_edition.student_book`: the public site holds no solution)."""
     missing = [c.name for c in chapters() if not (out / c.name).is_file()]
     if missing:
         print(f"[stage] not executed: {missing}; run `python -m tools.chapters execute` first")
         return 1
-    shutil.rmtree(site, ignore_errors=True)
-    shutil.copytree(REPO / "book", site / "book", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy(REPO / name, site / name)
-    for chapter in chapters():
-        shutil.copy(out / chapter.name, site / "book" / chapter.name)
+    student_book(site, out)
     (site / ".cache").symlink_to(REPO / ".cache")  # MathJax, served with the pages
     return 0
 
 
 def write_back(out: Path) -> int:
-    """Copy the executed chapters of ``out`` over ``book/`` (``make execute``)."""
+    """Copy the executed chapters of ``out`` over ``book/`` (``make execute``), each figure as
+    PNG only (the SVG that ``make figures`` exports stays in ``out``)."""
     for chapter in chapters():
-        shutil.copy(out / chapter.name, chapter)
+        notebook = nbformat.read(out / chapter.name, as_version=4)
+        for cell in notebook.cells:
+            for output in cell.get("outputs", []):
+                if "image/png" in output.get("data", {}):
+                    output["data"].pop("image/svg+xml", None)
+        nbformat.write(notebook, chapter)
     print(f"[execute] {len(chapters())} chapters written back into book/")
     return 0
 

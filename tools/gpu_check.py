@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -53,10 +54,10 @@ if str(REPO) not in sys.path:  # the checkout, not an installed copy: what is me
     sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from deeplab_edu.crf import CRFParams, MeanFieldCRF, dense_crf, simulate_unaries  # noqa: E402
+from deeplab_edu.crf import CRFParams, MeanFieldCRF, dense_crf  # noqa: E402
 from deeplab_edu.crf.reference import reference_available  # noqa: E402
+from deeplab_edu.crf.simulate import resized_scene  # noqa: E402
 from deeplab_edu.data import PHOTOS_SPLIT, voc_dir  # noqa: E402
 from deeplab_edu.data.voc import VOCSegmentation  # noqa: E402
 from deeplab_edu.models import deeplab  # noqa: E402
@@ -84,17 +85,6 @@ def photos(count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``count`` of the package's real photos as ``(uint8 (H, W, 3), mask (H, W))``."""
     data = VOCSegmentation(voc_dir("photos"), PHOTOS_SPLIT)
     return [(data[i][0].permute(1, 2, 0).contiguous(), data[i][1]) for i in range(count)]
-
-
-def at_size(image: torch.Tensor, mask: torch.Tensor, height: int, width: int) -> tuple:
-    """A photo resized (bilinear; its mask nearest) and the stride-8 probabilities simulated from
-    its mask: the CRF's inputs at that size."""
-    picture = F.interpolate(
-        image.permute(2, 0, 1)[None].float(), size=(height, width), mode="bilinear"
-    )
-    picture = picture[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
-    labels = F.interpolate(mask[None, None].float(), size=(height, width), mode="nearest")
-    return picture, simulate_unaries(labels[0, 0].long(), 21, seed=0)
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
@@ -139,8 +129,7 @@ def environment(device: torch.device, dry: bool) -> dict:
         "dry": dry,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": importlib.util.find_spec("torchvision")
-        and __import__("torchvision").__version__,
+        "torchvision": installed_version("torchvision"),
         "cuda": torch.version.cuda,
         "cpu_threads": torch.get_num_threads(),
         "pydensecrf": reference_available(),
@@ -191,15 +180,24 @@ def part_tests(device: torch.device, dry: bool) -> dict:
                 for child in case:
                     if child.tag in ("failure", "error", "skipped"):
                         outcome = child.tag
-                key = outcome if outcome != "skipped" else "skipped"
-                results.setdefault(key, []).append(f"{case.get('classname')}::{case.get('name')}")
+                results.setdefault(outcome, []).append(
+                    f"{case.get('classname')}::{case.get('name')}"
+                )
         results["counts"] = {
             k: len(results[k]) for k in ("passed", "skipped", "failure", "error") if k in results
         }
         if device.type == "cuda" and not dry and results["counts"].get("skipped"):
-            gpu_skips = [n for n in results["skipped"] if "cuda" in n or "gpu" in n]
-            results["note"] = f"{len(gpu_skips)} device tests skipped (see 'skipped')"
+            skipped = results["counts"]["skipped"]
+            results["note"] = f"{skipped} tests skipped on the CUDA machine (see 'skipped')"
         return results
+
+
+def installed_version(package: str) -> str | None:
+    """``package``'s installed version, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def crf_row(picture: torch.Tensor, probs: torch.Tensor, device: torch.device) -> dict:
@@ -233,7 +231,7 @@ def part_crf_sizes(device: torch.device, dry: bool) -> dict:
         for megapixels in sizes:
             scale = math.sqrt(megapixels * 1e6 / mask.numel())
             size = round(mask.shape[0] * scale), round(mask.shape[1] * scale)
-            row = crf_row(*at_size(image, mask, *size), device)
+            row = crf_row(*resized_scene(image, mask, size), device)
             rows.append({"photo": index, "megapixels": megapixels, **row})
     return {"params": CRFParams().to_dict(), "labels": 21, "rows": rows}
 
@@ -241,7 +239,7 @@ def part_crf_sizes(device: torch.device, dry: bool) -> dict:
 def part_crf_batch(device: torch.device, dry: bool) -> dict:
     """The eight photos at VOC size as one batch on the device."""
     height, width = (24, 32) if dry else (375, 500)
-    pairs = [at_size(image, mask, height, width) for image, mask in photos(2 if dry else 8)]
+    pairs = [resized_scene(image, mask, (height, width)) for image, mask in photos(2 if dry else 8)]
     images = torch.stack([p for p, _ in pairs]).to(device)
     probs = torch.stack([q for _, q in pairs]).to(device)
     dense_crf(images[:1], probs[:1])  # warm-up
@@ -262,7 +260,7 @@ def part_crf_batch(device: torch.device, dry: bool) -> dict:
 def part_crf_layer(device: torch.device, dry: bool) -> dict:
     """MeanFieldCRF's forward and backward on the device against the CPU."""
     image, mask = photos(1)[0]
-    picture, probs = at_size(image, mask, *((16, 20) if dry else (120, 160)))
+    picture, probs = resized_scene(image, mask, (16, 20) if dry else (120, 160))
     logits = probs.log()[None]
     results = {}
     for key, where in (("cpu", torch.device("cpu")), ("device", device)):

@@ -3,14 +3,14 @@
 The pairwise potential of DeepLab's CRF is
 
 $$\\theta_{ij}(x_i, x_j) = \\mu(x_i, x_j)\\Big[
-w_1 \\exp\\Big(-\\frac{\\|p_i-p_j\\|^2}{2\\theta_\\alpha^2}
-    - \\frac{\\|I_i-I_j\\|^2}{2\\theta_\\beta^2}\\Big)
-+ w_2 \\exp\\Big(-\\frac{\\|p_i-p_j\\|^2}{2\\theta_\\gamma^2}\\Big)\\Big].$$
+w_1 \\exp\\Big(-\\frac{\\|p_i-p_j\\|^2}{2\\sigma_\\alpha^2}
+    - \\frac{\\|I_i-I_j\\|^2}{2\\sigma_\\beta^2}\\Big)
++ w_2 \\exp\\Big(-\\frac{\\|p_i-p_j\\|^2}{2\\sigma_\\gamma^2}\\Big)\\Big].$$
 
 Both kernels have the form $k(f_i, f_j) = \\exp(-\\tfrac12\\|f_i - f_j\\|^2)$ once each pixel's
-feature vector $f_i$ is divided by the bandwidths: $f = (x/\\theta_\\alpha, y/\\theta_\\alpha,
-R/\\theta_\\beta, G/\\theta_\\beta, B/\\theta_\\beta)$ for the appearance (bilateral) kernel and
-$f = (x/\\theta_\\gamma, y/\\theta_\\gamma)$ for the smoothness kernel. The order of the
+feature vector $f_i$ is divided by the bandwidths: $f = (x/\\sigma_\\alpha, y/\\sigma_\\alpha,
+R/\\sigma_\\beta, G/\\sigma_\\beta, B/\\sigma_\\beta)$ for the appearance (bilateral) kernel and
+$f = (x/\\sigma_\\gamma, y/\\sigma_\\gamma)$ for the smoothness kernel. The order of the
 coordinates (x = column first, then y = row, then R, G, B) is pydensecrf's; it matters only for
 the permutohedral lattice, whose approximation is not symmetric under permuting coordinates.
 """
@@ -100,7 +100,7 @@ def appearance_features(image: torch.Tensor, theta_alpha: float, theta_beta: flo
     height, width, _ = image.shape
     positions = pixel_positions(height, width, image.device)  # (N, 2)
     colours = image.reshape(-1, 3).to(torch.float32)  # (N, 3)
-    # $f_i = (p_i / \theta_\alpha,\; I_i / \theta_\beta)$
+    # $f_i = (p_i / \sigma_\alpha,\; I_i / \sigma_\beta)$
     return torch.cat([positions / theta_alpha, colours / theta_beta], dim=1)  # (N, 5)
 
 
@@ -108,7 +108,7 @@ def smoothness_features(
     height: int, width: int, theta_gamma: float, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """Features of the smoothness kernel: ``(H * W, 2)`` positions divided by theta_gamma."""
-    # $f_i = p_i / \theta_\gamma$
+    # $f_i = p_i / \sigma_\gamma$
     return pixel_positions(height, width, device) / theta_gamma  # (N, 2)
 
 

@@ -59,7 +59,7 @@ def index_dtype(entries: int) -> torch.dtype:
 def elevate(features: torch.Tensor) -> torch.Tensor:
     """Step 1: the points on the hyperplane $\\sum_k y_k = 0$ of $\\mathbb{R}^{d+1}$.
 
-    $y = E\\,\\mathrm{diag}(s)\\,f$: the d columns of E are orthogonal, sum to zero and have norms
+    $y = B\\,\\mathrm{diag}(s)\\,f$: the d columns of B are orthogonal, sum to zero and have norms
     $\\sqrt{(k+1)(k+2)}$; $s_k = \\sqrt{2/3}\\,(d+1)/\\sqrt{(k+1)(k+2)}$ undoes those norms and
     scales every distance by $\\sqrt{2/3}\\,(d+1)$, the scale at which the lattice's [1/2, 1, 1/2]
     blur approximates $\\exp(-\\frac12\\|f_i - f_j\\|^2)$. Coordinate order and summation follow

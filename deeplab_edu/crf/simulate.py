@@ -96,3 +96,26 @@ def _gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     padded = F.pad(maps, (radius, radius, radius, radius), mode="replicate")
     rows = F.conv2d(padded, g.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
     return F.conv2d(rows, g.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+def resized_scene(
+    image: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A photo at another size with its simulated probabilities: the CRF's inputs at that size
+    (the benchmarks and the GPU check time the CRF on photos of several sizes).
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB photo.
+        mask: ``(H, W)`` labels (255 = void).
+        size: ``(height, width)`` wanted.
+
+    Returns:
+        The photo resized bilinearly, ``(height, width, 3)`` uint8 (contiguous), and
+        :func:`simulate_unaries` of the mask resized to nearest, ``(21, height, width)``.
+    """
+    picture = torch.as_tensor(np.asarray(image)).permute(2, 0, 1)[None].float()
+    picture = F.interpolate(picture, size=size, mode="bilinear", align_corners=False)
+    picture = picture[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+    labels = torch.as_tensor(np.asarray(mask))[None, None].float()
+    labels = F.interpolate(labels, size=size, mode="nearest")[0, 0].long()
+    return picture, simulate_unaries(labels, NUM_CLASSES, seed=0)

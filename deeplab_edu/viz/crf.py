@@ -43,9 +43,9 @@ def plot_pixel_kernels(
     ]
     titles = [
         "the image and the pixel i",
-        f"appearance kernel: $\\theta_\\alpha$ = {theta_alpha:g} px, "
-        f"$\\theta_\\beta$ = {theta_beta:g}",
-        f"smoothness kernel: $\\theta_\\gamma$ = {theta_gamma:g} px",
+        f"appearance kernel: $\\sigma_\\alpha$ = {theta_alpha:g} px, "
+        f"$\\sigma_\\beta$ = {theta_beta:g}",
+        f"smoothness kernel: $\\sigma_\\gamma$ = {theta_gamma:g} px",
     ]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), layout="constrained")
     axes[0].imshow(rgb)

@@ -104,8 +104,8 @@ def plot_crf_heatmap(trials: Sequence[dict], *, dcnn_miou: float | None = None) 
         )
         ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
         ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
-        ax.set_xlabel(r"$\theta_\beta$ (colour, RGB units)")
-        ax.set_ylabel(r"$\theta_\alpha$ (position, pixels)")
+        ax.set_xlabel(r"$\sigma_\beta$ (colour, RGB units)")
+        ax.set_ylabel(r"$\sigma_\alpha$ (position, pixels)")
         ax.set_title(f"$w_1 = {w1:g}$")
         for i in range(len(alphas)):
             for j in range(len(betas)):
