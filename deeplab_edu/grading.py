@@ -25,6 +25,7 @@ not the work. A missing function earns nothing.
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import dataclasses
 import importlib.util
@@ -241,11 +242,14 @@ def worker(workdir: Path, names: Sequence[str] = ()) -> int:
 
 
 def _limit_memory(megabytes: int) -> None:
-    """Cap the calling process's data memory (run in the child before it starts)."""
+    """Cap the calling process's data memory (run in the child before it starts), where the
+    system lets a process lower its own limit (Linux does; where it does not, the submission
+    runs with the time limit only)."""
     import resource  # POSIX only; checked by grade()
 
     cap = megabytes * 2**20
-    resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
 
 
 def _run(workdir: Path, limits: Limits, names: Sequence[str]) -> str:
