@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+import nbformat
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,6 +228,33 @@ def test_study_hours_follow_the_stated_formula_and_the_chapters(guide) -> None:
         posed = posed.split("**Graded exercise", 1)[0]
         assert written == len(re.findall(r"^\d+\. ", posed, flags=re.M)), path.stem
         assert graded == sum(t.count("**Graded exercise") for t in text), path.stem
+        words, lines = study_counts(path)
+        assert (int(row[2]), int(row[3])) == (words, lines), (path.stem, words, lines)
+        estimate = words / 100 + lines / 4  # minutes, rounded to the nearest 5
+        assert reading == f"{5 * round(estimate / 5)} min", (path.stem, reading, estimate)
+
+
+def study_counts(path: Path) -> tuple[int, int]:
+    """The guide's counts for a chapter as the student edition hands it out: words of the
+    markdown cells (tokens with a letter or a digit; the line that replaces a left-out answer
+    not counted), and non-blank code lines a reader sees (cells not tagged hide-input), with the
+    package source that the show_source cells display."""
+    from tools.student_edition import ANSWER_NOTE, student_notebook
+
+    edition = student_notebook(nbformat.read(path, as_version=4))
+    words = lines = 0
+    for cell in edition.cells:
+        if cell.cell_type == "markdown" and cell.source != ANSWER_NOTE:
+            words += sum(1 for token in cell.source.split() if re.search(r"[A-Za-z0-9]", token))
+        elif cell.cell_type == "code" and "hide-input" not in cell.metadata.get("tags", []):
+            shown = [cell.source]
+            if "show_source(" in cell.source:
+                shown += [
+                    o.get("data", {}).get("text/plain", "") or o.get("text", "")
+                    for o in cell.outputs
+                ]
+            lines += sum(1 for text in shown for line in text.splitlines() if line.strip())
+    return words, lines
 
 
 def test_assessment_weights_add_up_to_100_per_unit(guide) -> None:
