@@ -1,9 +1,9 @@
 """The command line: ``python -m deeplab_edu <command>`` (or ``deeplab-edu <command>``).
 
-Commands: ``download``, ``make-toy-data``, ``train``, ``evaluate``, ``crf-search``. Every option
-defaults to the paper's value (full mode) or to the fast-mode value (``--fast``, the default on
-every machine, a GPU's too: full mode is only ever asked for); ``--help`` on each command
-shows both.
+Commands: ``download``, ``make-toy-data``, ``train``, ``evaluate``, ``crf-search``, and
+``grade`` (a class's graded exercises, :mod:`deeplab_edu.grading`). Every option defaults to the
+paper's value (full mode) or to the fast-mode value (``--fast``, the default on every machine, a
+GPU's too: full mode is only ever asked for); ``--help`` on each command shows both.
 """
 
 from __future__ import annotations
