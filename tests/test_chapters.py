@@ -146,9 +146,20 @@ def test_make_figures_exports_each_figure_as_png_and_svg(tmp_path) -> None:
                 ]
                 notebook.cells.append(cell)
         nbformat.write(notebook, executed / chapter.name)
+    (tmp_path / "figures" / "metrics").mkdir(parents=True)
+    (tmp_path / "figures" / "metrics" / "metrics-3.png").write_bytes(b"an earlier export's")
+    (tmp_path / "figures" / "metrics" / "my-slide.png").write_bytes(b"the user's")
+    (tmp_path / "figures" / "notes.txt").write_text("the user's")
     assert export(executed, tmp_path / "figures") == 0
     written = sorted(p.name for p in (tmp_path / "figures").rglob("*.*"))
-    assert written == ["metrics-1.png", "metrics-1.svg", "metrics-2.png", "metrics-2.svg"]
+    assert written == [
+        "metrics-1.png",
+        "metrics-1.svg",
+        "metrics-2.png",
+        "metrics-2.svg",
+        "my-slide.png",
+        "notes.txt",
+    ]  # the stale metrics-3 removed; the user's files kept
     assert (tmp_path / "figures" / "metrics" / "metrics-2.svg").read_text() == "<svg>b</svg>"
     assert (tmp_path / "figures" / "metrics" / "metrics-1.png").read_bytes() == b"\x89PNG fake"
     (executed / "metrics.ipynb").write_text(

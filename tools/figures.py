@@ -11,7 +11,6 @@ executed chapters.
 from __future__ import annotations
 
 import base64
-import shutil
 import sys
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import nbformat
 
 from tools.student_edition import chapters
 
-FIGURE_FORMATS = ("png", "svg")  # what the execution's inline backend stores for each figure
 MIMES = {"png": "image/png", "svg": "image/svg+xml"}
+FIGURE_FORMATS = tuple(MIMES)  # what the execution's inline backend stores for each figure
 
 
 def figures(notebook: nbformat.NotebookNode) -> list[dict[str, str]]:
@@ -35,17 +34,24 @@ def figures(notebook: nbformat.NotebookNode) -> list[dict[str, str]]:
 
 
 def export(executed: Path, out: Path) -> int:
-    """Write the figures of every chapter in ``executed`` into ``out`` (made afresh); return 0,
-    or 1 naming what is missing (a chapter not executed, a figure without its SVG)."""
+    """Write the figures of every chapter in ``executed`` into ``out``; return 0, or 1 naming
+    what is missing (a chapter not executed, a figure without its SVG). Only files named as
+    this function names them (``<chapter>/<chapter>-<n>.png|svg``) are replaced or, left from
+    an earlier export with more figures, removed: anything else in ``out`` is left alone."""
     missing = [c.name for c in chapters() if not (executed / c.name).is_file()]
     if missing:
         print(f"[figures] not executed: {missing}; run `make chapters` first")
         return 1
-    shutil.rmtree(out, ignore_errors=True)
     count, problems = 0, []
     for chapter in chapters():
+        folder = out / chapter.stem
+        for stale in folder.glob(f"{chapter.stem}-*.*") if folder.is_dir() else []:
+            if stale.stem.removeprefix(f"{chapter.stem}-").isdigit() and stale.suffix in (
+                ".png",
+                ".svg",
+            ):
+                stale.unlink()
         for number, figure in enumerate(figures(nbformat.read(executed / chapter.name, 4)), 1):
-            folder = out / chapter.stem
             folder.mkdir(parents=True, exist_ok=True)
             name = f"{chapter.stem}-{number}"
             (folder / f"{name}.png").write_bytes(base64.b64decode(figure["png"]))
